@@ -1,0 +1,146 @@
+"""Training speed of the MNIST MLP and LeNet-5: tinynn-book against PyTorch on the CPU, in the same run.
+
+Both frameworks train the identical architecture (tinynn_book.mnist.mlp / lenet) with softmax cross-entropy,
+Adam(lr=1e-3), batch 128, float32, PyTorch on torch.set_num_threads(2). Each repeat times `--steps` training
+steps of ours, then of PyTorch's, alternating (so a noisy neighbour hurts both alike); the table gives the
+median over repeats of the seconds per step, extrapolated to seconds per epoch (469 steps = 60 000 images at
+batch 128), and the ratio ours / PyTorch. Then, in a fresh subprocess per framework, one real LeNet epoch
+(`fit`, 60 000 training images and evaluation on 10 000) and its peak resident set size, from
+resource.getrusage(RUSAGE_SELF).ru_maxrss, next to the RSS before training (/proc/self/status VmRSS; the
+float32 data alone is 219 MB).
+
+PyTorch is an optional benchmark dependency (pip install torch): without it only our columns are printed.
+Usage: python bench/bench_train.py [--steps 30] [--repeats 5] [--no-rss]
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, time
+import numpy as np
+
+BATCH, LR, STEPS_PER_EPOCH = 128, 1e-3, -(-60_000 // 128)
+
+def data(n_train=60_000, n_test=10_000):
+    "Real MNIST if $TINYNN_BOOK_DATA is set, else random images of the same shape (speed and memory do not care)"
+    from tinynn_book.mnist import load_mnist
+    if os.environ.get('TINYNN_BOOK_DATA'): return load_mnist()
+    rng = np.random.default_rng(0)
+    make = lambda n: (rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n))
+    return make(n_train), make(n_test)
+
+def batches(x, y, steps, seed=0):
+    idx = np.random.default_rng(seed).permutation(len(x))
+    return [(x[idx[i*BATCH % len(x):][:BATCH]], y[idx[i*BATCH % len(x):][:BATCH]]) for i in range(steps)]
+
+def ours(name):
+    from tinynn_book.mnist import make_model
+    model = make_model(name, LR, seed=0)
+    return lambda xb, yb: model.train_step(xb, yb)
+
+def torch_net(name):
+    import torch.nn as nn
+    if name == 'mlp':
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                         nn.Linear(84, 10))
+
+def theirs(name):
+    import torch
+    torch.manual_seed(0)
+    net = torch_net(name)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    def step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+def seconds_per_step(step, batch_list, warmup=3):
+    for xb, yb in batch_list[:warmup]: step(xb, yb)
+    t = time.perf_counter()
+    for xb, yb in batch_list: step(xb, yb)
+    return (time.perf_counter() - t) / len(batch_list)
+
+def vm_rss_mb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'): return int(line.split()[1]) / 1024
+    return float('nan')
+
+def rss_child(framework):
+    "One LeNet epoch, in this (fresh) process; prints JSON with times and memory"
+    (x, y), (xt, yt) = data()
+    if framework == 'ours':
+        from tinynn_book.mnist import make_model
+        model = make_model('lenet', LR, seed=0)
+        before = vm_rss_mb()
+        t = time.perf_counter()
+        model.fit(x, y, epochs=1, batch_size=BATCH, validation_data=(xt, yt), seed=0, progress=False, verbose=False)
+    else:
+        import torch
+        torch.set_num_threads(2)
+        net, (x, y, xt) = torch_net('lenet'), (torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64)), torch.from_numpy(xt))
+        opt, loss_fn = torch.optim.Adam(net.parameters(), lr=LR), torch.nn.CrossEntropyLoss()
+        before = vm_rss_mb()
+        t = time.perf_counter()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        for i in range(0, len(x), BATCH):
+            idx = perm[i:i + BATCH]
+            opt.zero_grad(set_to_none=True); loss_fn(net(x[idx]), y[idx]).backward(); opt.step()
+        with torch.no_grad(): [net(xt[i:i + 1000]) for i in range(0, len(xt), 1000)]
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+    print(json.dumps(dict(framework=framework, seconds=seconds, rss_before_mb=before, peak_rss_mb=peak)))
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--steps', type=int, default=30, help='timed training steps per repeat and framework')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--models', default='mlp,lenet')
+    p.add_argument('--no-rss', action='store_true', help='skip the LeNet epoch memory measurement')
+    p.add_argument('--rss-child', choices=['ours', 'torch'], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.rss_child: return rss_child(args.rss_child)
+
+    try:
+        import torch
+        torch.set_num_threads(2)
+    except ImportError:
+        torch = None
+        print('PyTorch not installed: timing tinynn-book only (pip install torch for the comparison)')
+    (x, y), _ = data(n_train=6000, n_test=10)
+    print(f"numpy {np.__version__}" + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else '')
+          + f"; batch {BATCH}, Adam lr {LR}, float32; {args.steps} steps x {args.repeats} repeats, interleaved")
+    models = args.models.split(',')
+    steps = {m: batches(x, y, args.steps + 3) for m in models}
+    torch_steps = {m: [(torch.from_numpy(a), torch.from_numpy(np.asarray(b, np.int64))) for a, b in s] for m, s in steps.items()} if torch else {}
+    runners = {m: (ours(m), theirs(m) if torch else None) for m in models}
+    times = {m: ([], []) for m in models}
+    for r in range(args.repeats):
+        for m in models:
+            times[m][0].append(seconds_per_step(runners[m][0], steps[m]))
+            if torch: times[m][1].append(seconds_per_step(runners[m][1], torch_steps[m]))
+        print(f"  repeat {r + 1}/{args.repeats}: " + ', '.join(
+            f"{m} {1e3 * times[m][0][-1]:.1f} ms" + (f" vs torch {1e3 * times[m][1][-1]:.1f} ms" if torch else '')
+            for m in models), flush=True)
+
+    print(f"\n| model | ours ms/step | ours s/epoch | PyTorch ms/step | PyTorch s/epoch | ours / PyTorch |")
+    print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
+    for m in models:
+        a = statistics.median(times[m][0])
+        b = statistics.median(times[m][1]) if torch else None
+        print(f"| {m} | {1e3 * a:.1f} | {a * STEPS_PER_EPOCH:.1f} | " +
+              (f"{1e3 * b:.1f} | {b * STEPS_PER_EPOCH:.1f} | {a / b:.2f}x |" if b else "- | - | - |"))
+    print(f"(medians of {args.repeats} repeats of {args.steps} steps; s/epoch = s/step x {STEPS_PER_EPOCH})")
+
+    if args.no_rss: return
+    print('\nOne LeNet epoch (60 000 images + evaluation on 10 000), each framework in a fresh process:')
+    print('| framework | epoch s | RSS before training MB | peak RSS MB (getrusage ru_maxrss) |')
+    print('| --- | ---: | ---: | ---: |')
+    for fw in ['ours'] + (['torch'] if torch else []):
+        out = subprocess.run([sys.executable, __file__, '--rss-child', fw], capture_output=True, text=True)
+        if out.returncode: print(f"| {fw} | failed: {out.stderr.strip().splitlines()[-1]} | | |"); continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {'tinynn-book' if fw == 'ours' else 'PyTorch'} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+
+if __name__ == '__main__': main()
