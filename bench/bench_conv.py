@@ -1,8 +1,9 @@
 """Forward + backward time of tinynn_book's Conv2D and MaxPool2D against PyTorch's CPU conv2d and max_pool2d at LeNet shapes.
 
-Run: python bench/bench_conv.py [--repeats 15] [--threads 2] [--batch 128]
+Run: python bench/bench_conv.py [--repeats 15] [--threads 2] [--batch 128] [--settle 0.15]
 float32 throughout; both libraries get the same number of threads; the two are interleaved (alternating which
-goes first) and the table shows medians. PyTorch is optional: without it only our numbers are printed.
+goes first, with a short pause before each round so one library's spinning worker threads do not slow the
+other's) and the table shows medians. PyTorch is optional: without it only our numbers are printed.
 This is a benchmark, not a test: nothing here asserts a time.
 """
 import argparse, os, sys, time
@@ -13,6 +14,9 @@ def parse_args():
     p.add_argument('--inner', type=int, default=3, help='calls per timed round')
     p.add_argument('--threads', type=int, default=2, help='threads for OpenBLAS (numpy) and for torch')
     p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--settle', type=float, default=0.15,
+                   help="seconds to pause before each timed round, so the other library's idle threads (OpenBLAS and "
+                        "OpenMP both spin for a while after a parallel call) stop competing for the cores")
     return p.parse_args()
 
 args = parse_args()
@@ -74,7 +78,9 @@ def main():
         times = [[] for _ in fns]
         for r in range(args.repeats):
             order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))   # alternate who goes first
-            for k in order: times[k].append(per_call_ms(fns[k], args.inner))
+            for k in order:
+                time.sleep(args.settle)
+                times[k].append(per_call_ms(fns[k], args.inner))
         rows.append((name, *[float(np.median(t)) for t in times]))
     print(f"\n| {'layer (forward + backward)':38s} | ours ms | torch ms | ours/torch |")
     print(f"| {'-'*38} | ------: | -------: | ---------: |")

@@ -184,6 +184,16 @@ def test_mlp_fit_on_sample_reaches_90_percent():
     model.fit(x, y, epochs=3, batch_size=128, seed=0, progress=False, verbose=False)
     assert model.evaluate(xt, yt)['accuracy'] >= 0.90
 
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    from tinynn_book.model import Model
+    (x, y), (xt, yt) = load_mnist(sample=True)
+    model = mnist.make_model('lenet', seed=0)
+    model.fit(x[:512], y[:512], epochs=1, seed=0, progress=False, verbose=False)
+    path = model.save(tmp_path/'lenet.npz')
+    np.testing.assert_array_equal(Model.load(path).predict(xt[:200]), model.predict(xt[:200]))  # bit-identical
+    (tmp_path/'cut.npz').write_bytes(Path(path).read_bytes()[:-300])
+    with pytest.raises(ValueError, match='cut.npz'): Model.load(tmp_path/'cut.npz')
+
 def test_lenet_shapes_and_parameter_count():
     net = mnist.lenet(rng=0)
     assert net(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
@@ -206,7 +216,10 @@ def test_command_on_sample_writes_checkpoint_and_plot(tmp_path):
     r = _command('--sample', '--epochs', '1', '--save', str(ckpt), '--plot', str(png), env=_offline_env(tmp_path))
     assert r.returncode == 0, r.stderr
     assert 'test accuracy' in r.stdout and 'Dense' in r.stdout
-    assert ckpt.stat().st_size > 0 and png.read_bytes()[:4] == b'\x89PNG'
+    assert png.read_bytes()[:4] == b'\x89PNG'
+    from tinynn_book.model import Model
+    _, (xt, yt) = load_mnist(sample=True)
+    assert Model.load(ckpt).evaluate(xt, yt)['accuracy'] >= 0.75  # the checkpoint is the trained MLP
 
 def test_command_bad_arguments_exit_2(tmp_path):
     for bad in (['--epochs', '0'], ['--model', 'vgg'], ['--batch-size', 'x'], ['--sample', '--data', str(tmp_path)]):
