@@ -31,7 +31,7 @@ def batches(x, y, steps, seed=0):
 
 def ours(name):
     from tinynn_book.mnist import make_model
-    model = make_model(name, LR, seed=0)
+    model = make_model(name, LR, seed=0, weight_decay=0, max_shift=0)  # the bare architecture, as PyTorch's twin
     return lambda xb, yb: model.train_step(xb, yb)
 
 def torch_net(name):
@@ -72,7 +72,7 @@ def rss_child(framework):
     (x, y), (xt, yt) = data()
     if framework == 'ours':
         from tinynn_book.mnist import make_model
-        model = make_model('lenet', LR, seed=0)
+        model = make_model('lenet', LR, seed=0, weight_decay=0, max_shift=0)
         before = vm_rss_mb()
         t = time.perf_counter()
         model.fit(x, y, epochs=1, batch_size=BATCH, validation_data=(xt, yt), seed=0, progress=False, verbose=False)

@@ -194,6 +194,48 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     (tmp_path/'cut.npz').write_bytes(Path(path).read_bytes()[:-300])
     with pytest.raises(ValueError, match='cut.npz'): Model.load(tmp_path/'cut.npz')
 
+def test_lenet_trains_exactly_like_pytorch():
+    "Same initial weights, same batches, float64: our LeNet with Adam and weight decay follows PyTorch's step for step"
+    torch = pytest.importorskip('torch')
+    nn = torch.nn
+    (x, y), _ = load_mnist(sample=True)
+    model = mnist.make_model('lenet', seed=0, weight_decay=5e-4, max_shift=0)  # no augmentation: PyTorch's twin has none
+    model.net.astype(np.float64)
+    twin = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10)).double()
+    ours = [layer for layer in model.net.layers if layer.params]
+    theirs = [m for m in twin if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for a, b in zip(ours, theirs):
+            w = a.params['w']
+            b.weight.copy_(torch.from_numpy(w if w.ndim == 4 else w.T.copy())); b.bias.copy_(torch.from_numpy(a.params['b']))
+    opt = torch.optim.Adam(twin.parameters(), lr=1e-3, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = rng.choice(len(x), 64, replace=False)
+        xb, yb = x[idx].astype(np.float64), y[idx]
+        loss = model.train_step(xb, yb)
+        opt.zero_grad(); ref = nn.functional.cross_entropy(twin(torch.from_numpy(xb)), torch.from_numpy(yb)); ref.backward(); opt.step()
+        assert abs(loss - ref.item()) < 1e-10
+    for a, b in zip(ours, theirs):
+        w = a.params['w'] if a.params['w'].ndim == 4 else a.params['w'].T
+        np.testing.assert_allclose(w, b.weight.detach().numpy(), atol=1e-10)
+
+def test_random_shift_is_training_only():
+    (x, _), _ = load_mnist(sample=True)
+    model = mnist.make_model('lenet', seed=0)
+    assert type(model.net.layers[0]).__name__ == 'RandomShift'
+    np.testing.assert_array_equal(model.predict(x[:8]), model.predict(x[:8]))  # evaluation mode: no shifts
+    shift = mnist.RandomShift(2, rng=0)
+    moved = shift(x[:64])
+    assert moved.shape == (64, 1, 28, 28) and not np.array_equal(moved, x[:64])
+    padded = np.pad(x[:64], ((0, 0), (0, 0), (2, 2), (2, 2)))
+    every_shift = np.lib.stride_tricks.sliding_window_view(padded, (28, 28), axis=(2, 3))  # (64, 1, 5, 5, 28, 28)
+    same = (every_shift == moved[:, :, None, None]).all(axis=(1, 4, 5))  # (64, 5, 5): which shift each image got
+    assert same.any(axis=(1, 2)).all()  # every image is its original, moved by at most 2 pixels
+    shift.training = False
+    np.testing.assert_array_equal(shift(x[:64]), x[:64])
+
 def test_lenet_shapes_and_parameter_count():
     net = mnist.lenet(rng=0)
     assert net(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
