@@ -8,7 +8,7 @@ import argparse, gzip, hashlib, os, sys, urllib.error, urllib.request, zlib
 from importlib.resources import files
 from pathlib import Path
 import numpy as np
-from .tensor import DEFAULT_DTYPE, get_rng
+from .tensor import DEFAULT_DTYPE, check_input, get_rng
 from numpy.lib.stride_tricks import sliding_window_view
 from .layers import Layer, Dense, ReLU
 from .losses import SoftmaxCrossEntropy
@@ -272,8 +272,7 @@ class RandomShift(Layer):
     def config(self): return dict(max_shift=self.max_shift)
 
     def forward(self, x):
-        x = np.asarray(x)
-        if x.ndim != 4: raise ValueError(f"{self!r} expected input of shape (N, C, H, W), got {x.shape}")
+        x = check_input(x, ('N', 'C', 'H', 'W'), repr(self))
         self.x_shape, s = x.shape, self.max_shift
         if not self.training or s == 0:
             self.offsets = None
@@ -286,8 +285,7 @@ class RandomShift(Layer):
 
     def backward(self, grad):
         if not self.needs_input_grad: return None
-        grad = np.asarray(grad)
-        if grad.shape != self.x_shape: raise ValueError(f"{self!r}.backward expected grad of shape {self.x_shape}, got {grad.shape}")
+        grad = check_input(grad, self.x_shape, f'{self!r}.backward')
         if self.offsets is None: return grad
         (N, C, H, W), s = grad.shape, self.max_shift
         gp = np.zeros((N, C, H + 2 * s, W + 2 * s), grad.dtype)
