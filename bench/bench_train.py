@@ -10,10 +10,22 @@ mark VmHWM, reset just before the epoch (echo 5 > /proc/self/clear_refs) and rea
 data does not count; where that reset is not allowed, resource.getrusage(RUSAGE_SELF).ru_maxrss, which does
 include it. Next to it, the RSS before the epoch (VmRSS; the float32 data alone is 219 MB).
 
+Each thread count (--threads, default 1 and 2: OpenBLAS for numpy, torch.set_num_threads for PyTorch) runs in
+--runs fresh processes; the table reports, per model and thread count, the median over runs of each run's median
+step time, and the spread (lowest-highest) of the runs, so a reader can tell the machine's noise from a difference.
+
 PyTorch is an optional benchmark dependency (pip install torch): without it only our columns are printed.
-Usage: python bench/bench_train.py [--steps 30] [--repeats 5] [--no-rss]
+Usage: python bench/bench_train.py [--threads 1,2] [--runs 5] [--steps 30] [--repeats 5] [--no-rss]
 """
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
+from pathlib import Path
+
+def _threads_from_argv():
+    "The --child-threads value, read before numpy loads: OpenBLAS fixes its thread count when it starts"
+    for i, a in enumerate(sys.argv):
+        if a == '--child-threads': return sys.argv[i + 1]
+    return '2'
+for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[_var] = _threads_from_argv()
 import numpy as np
 
 BATCH, LR, STEPS_PER_EPOCH = 128, 1e-3, -(-60_000 // 128)
@@ -103,25 +115,14 @@ def rss_child(framework):
     print(json.dumps(dict(framework=framework, seconds=seconds, rss_before_mb=before, peak_rss_mb=peak,
                           peak_source='VmHWM after reset' if exact else 'ru_maxrss (includes data loading)')))
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--steps', type=int, default=30, help='timed training steps per repeat and framework')
-    p.add_argument('--repeats', type=int, default=5)
-    p.add_argument('--models', default='mlp,lenet')
-    p.add_argument('--no-rss', action='store_true', help='skip the LeNet epoch memory measurement')
-    p.add_argument('--rss-child', choices=['ours', 'torch'], help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.rss_child: return rss_child(args.rss_child)
-
+def child(args):
+    "One process, one thread count: interleaved timings of each model, printed as JSON (seconds per step)"
+    threads = int(args.child_threads)
     try:
         import torch
-        torch.set_num_threads(2)
-    except ImportError:
-        torch = None
-        print('PyTorch not installed: timing tinynn-book only (pip install torch for the comparison)')
+        torch.set_num_threads(threads)
+    except ImportError: torch = None
     (x, y), _ = data(n_train=6000, n_test=10)
-    print(f"numpy {np.__version__}" + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else '')
-          + f"; batch {BATCH}, Adam lr {LR}, float32; {args.steps} steps x {args.repeats} repeats, interleaved")
     models = args.models.split(',')
     steps = {m: batches(x, y, args.steps + 3) for m in models}
     torch_steps = {m: [(torch.from_numpy(a), torch.from_numpy(np.asarray(b, np.int64))) for a, b in s] for m, s in steps.items()} if torch else {}
@@ -131,21 +132,59 @@ def main():
         for m in models:
             times[m][0].append(seconds_per_step(runners[m][0], steps[m]))
             if torch: times[m][1].append(seconds_per_step(runners[m][1], torch_steps[m]))
-        print(f"  repeat {r + 1}/{args.repeats}: " + ', '.join(
-            f"{m} {1e3 * times[m][0][-1]:.1f} ms" + (f" vs torch {1e3 * times[m][1][-1]:.1f} ms" if torch else '')
-            for m in models), flush=True)
+    print(json.dumps({m: dict(ours=statistics.median(t[0]), torch=statistics.median(t[1]) if torch else None)
+                      for m, t in times.items()}))
 
-    print(f"\n| model | ours ms/step | ours s/epoch | PyTorch ms/step | PyTorch s/epoch | ours / PyTorch |")
-    print(f"| --- | ---: | ---: | ---: | ---: | ---: |")
+def spread(values, fmt):
+    "median (lowest-highest)"
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--threads', default='1,2', help='thread counts to measure, comma-separated')
+    p.add_argument('--runs', type=int, default=5, help='fresh processes per thread count')
+    p.add_argument('--steps', type=int, default=30, help='timed training steps per repeat and framework')
+    p.add_argument('--repeats', type=int, default=5, help='interleaved repeats inside one process (median taken)')
+    p.add_argument('--models', default='mlp,lenet')
+    p.add_argument('--json', metavar='PATH', help='also write the raw per-run results here')
+    p.add_argument('--no-rss', action='store_true', help='skip the LeNet epoch memory measurement')
+    p.add_argument('--rss-child', choices=['ours', 'torch'], help=argparse.SUPPRESS)
+    p.add_argument('--child-threads', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.rss_child: return rss_child(args.rss_child)
+    if args.child_threads: return child(args)
+
+    try: import torch; tv = torch.__version__
+    except ImportError: torch, tv = None, None
+    if torch is None: print('PyTorch not installed: timing tinynn-book only (pip install torch for the comparison)')
+    print(f"{datetime.date.today()}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; python {platform.python_version()}, "
+          f"numpy {np.__version__}" + (f", torch {tv}" if tv else '') + f"; batch {BATCH}, Adam lr {LR}, float32")
+    print(f"{args.runs} fresh processes per thread count; each: {args.repeats} interleaved repeats of {args.steps} steps, median")
+    models, results = args.models.split(','), {}
+    for t in args.threads.split(','):
+        for r in range(args.runs):
+            out = subprocess.run([sys.executable, __file__, '--child-threads', t, '--steps', str(args.steps),
+                                  '--repeats', str(args.repeats), '--models', args.models], capture_output=True, text=True)
+            if out.returncode: sys.exit(f"child failed: {out.stderr[-2000:]}")
+            results.setdefault(t, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  threads {t}, run {r + 1}/{args.runs}: " + ', '.join(
+                f"{m} {1e3 * v['ours']:.1f} ms" + (f" vs torch {1e3 * v['torch']:.1f} ms" if v['torch'] else '')
+                for m, v in results[t][-1].items()), flush=True)
+    if args.json: Path(args.json).write_text(json.dumps(results, indent=1))
+    ms = lambda v: f"{1e3 * v:.1f}"
+    ratio = lambda v: f"{v:.2f}x"
+    print(f"\n| model | threads | ours ms/step | PyTorch ms/step | ours / PyTorch |")
+    print(f"| --- | ---: | ---: | ---: | ---: |")
     for m in models:
-        a = statistics.median(times[m][0])
-        b = statistics.median(times[m][1]) if torch else None
-        print(f"| {m} | {1e3 * a:.1f} | {a * STEPS_PER_EPOCH:.1f} | " +
-              (f"{1e3 * b:.1f} | {b * STEPS_PER_EPOCH:.1f} | {a / b:.2f}x |" if b else "- | - | - |"))
-    print(f"(medians of {args.repeats} repeats of {args.steps} steps; s/epoch = s/step x {STEPS_PER_EPOCH})")
+        for t, runs in results.items():
+            a = [run[m]['ours'] for run in runs]
+            b = [run[m]['torch'] for run in runs] if torch else None
+            print(f"| {m} | {t} | {spread(a, ms)} | " +
+                  (f"{spread(b, ms)} | {spread([x / y for x, y in zip(a, b)], ratio)} |" if b else "- | - |"))
+    print(f"(median over {args.runs} runs, lowest-highest run in brackets; one epoch = {STEPS_PER_EPOCH} steps)")
 
     if args.no_rss: return
-    print('\nOne LeNet epoch (60 000 images + evaluation on 10 000), each framework in a fresh process:')
+    print('\nOne LeNet epoch (60 000 images + evaluation on 10 000), each framework in a fresh process, 2 threads:')
     print('| framework | epoch s | RSS before the epoch MB | peak RSS during the epoch MB | how the peak was measured |')
     print('| --- | ---: | ---: | ---: | --- |')
     for fw in ['ours'] + (['torch'] if torch else []):

@@ -91,6 +91,18 @@ def test_col2im_is_the_adjoint_of_im2col(k, s, p, extra, C, seed):
     cols = rng.normal(size=im2col(x, k, s, p).shape)
     np.testing.assert_allclose(np.sum(im2col(x, k, s, p) * cols), np.sum(x * col2im(cols, x.shape, k, s, p)), rtol=1e-10)
 
+@settings(deadline=None, max_examples=40)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 1), st.integers(0, 3), st.integers(0, 2**31))
+def test_col2im_equals_a_scatter_add(k, s, p, extra, seed):
+    "col2im against np.add.at: every column entry added to the pixel it was copied from (pixel numbers through im2col)"
+    rng = np.random.default_rng(seed)
+    N, C, H, W = 2, 2, k + extra + 1, k + 2
+    cols = rng.normal(size=im2col(np.zeros((N, C, H, W)), k, s, p).shape)
+    index = im2col(np.arange(N*C*(H + 2*p)*(W + 2*p)).reshape(N, C, H + 2*p, W + 2*p), k, s)
+    xp = np.zeros((N, C, H + 2*p, W + 2*p))
+    np.add.at(xp.reshape(-1), index, cols)
+    np.testing.assert_allclose(col2im(cols, (N, C, H, W), k, s, p), xp[:, :, p:p + H, p:p + W], atol=1e-12)
+
 def test_max_pool_matches_loops_and_ties_go_to_the_first_maximum():
     rng = np.random.default_rng(0)
     x = np.round(np.maximum(rng.normal(size=(2, 3, 6, 7)), 0), 1)   # many ties, as after a ReLU
@@ -161,3 +173,86 @@ def test_config_round_trip(layer):
     x = np.random.default_rng(0).normal(size=(2, getattr(layer, 'in_channels', 3), 9, 9))
     if isinstance(layer, Conv2D): rebuilt.params = {k: v.copy() for k, v in layer.params.items()}
     np.testing.assert_array_equal(rebuilt(x), layer(x))
+
+
+# ---- issue 12: pooling padding, one-axis overlaps, constructor arguments (items 10, 13, 14) ----
+
+def pool_loops(x, kind, k, s, p, grad):
+    "Max or average pooling and its input gradient, one output element at a time; padding is never a candidate for the max"
+    (kh, kw), (sh, sw), (ph, pw) = pair(k), pair(k if s is None else s), pair(p)
+    N, C, H, W = x.shape
+    y, dx = np.zeros((N, C, out_size(H, kh, sh, ph), out_size(W, kw, sw, pw))), np.zeros_like(x)
+    for n, c, r, q in itertools.product(*map(range, y.shape)):
+        cells = [(r*sh + i - ph, q*sw + j - pw) for i in range(kh) for j in range(kw)]   # row-major window order
+        real = [(a, b) for a, b in cells if 0 <= a < H and 0 <= b < W]
+        if kind == 'max':
+            values = [x[n, c, a, b] for a, b in real]
+            y[n, c, r, q] = max(values)
+            a, b = real[values.index(max(values))]                  # the first real maximum
+            dx[n, c, a, b] += grad[n, c, r, q]
+        else:
+            y[n, c, r, q] = sum(x[n, c, a, b] for a, b in real) / (kh * kw)   # zero padding counts in the mean
+            for a, b in real: dx[n, c, a, b] += grad[n, c, r, q] / (kh * kw)
+    return y, dx
+
+ONE_AXIS = [(2, (2, 1), 0), (2, (1, 2), 0), ((3, 2), (1, 2), (1, 0)), ((2, 3), (2, 1), (0, 1)), (3, (3, 1), 1)]
+
+@pytest.mark.parametrize('cls', [MaxPool2D, AvgPool2D])
+@pytest.mark.parametrize('k,s,p', ONE_AXIS)
+def test_pool_windows_overlapping_along_one_axis_match_loops(cls, k, s, p):
+    "Issue 12.14: only shapes were tested for windows that overlap along one axis; values and gradients now are"
+    rng = np.random.default_rng(0)
+    x = np.round(np.maximum(rng.normal(size=(2, 3, 7, 8)), 0), 1)   # ties, as after a ReLU
+    layer = cls(k, s, p)
+    assert any(a < b for a, b in zip(layer.stride, layer.kernel_size)) and not all(a < b for a, b in zip(layer.stride, layer.kernel_size))
+    y = layer(x)
+    grad = rng.normal(size=y.shape)
+    y_ref, dx_ref = pool_loops(x, 'max' if cls is MaxPool2D else 'avg', k, s, p, grad)
+    np.testing.assert_allclose(y, y_ref, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(grad), dx_ref, atol=1e-12)
+
+def test_max_pool_padding_never_wins_even_against_minus_infinity():
+    "Issue 12.13: MaxPool2D(3, stride=1, padding=1) on an all -inf input sent gradient into the padding (sum 4, not 9)"
+    pool = MaxPool2D(3, stride=1, padding=1)
+    x = np.full((1, 1, 3, 3), -np.inf)
+    assert np.array_equal(pool(x), x)
+    dx = pool.backward(np.ones((1, 1, 3, 3)))
+    assert dx.sum() == 9
+    np.testing.assert_array_equal(dx, pool_loops(x, 'max', 3, 1, 1, np.ones((1, 1, 3, 3)))[1])
+    rng = np.random.default_rng(1)                                   # mixed: some windows all -inf, some not
+    x = np.where(rng.random((2, 2, 6, 7)) < 0.6, -np.inf, rng.normal(size=(2, 2, 6, 7)))
+    for k, s, p in [(3, 1, 1), (2, 2, 1), ((3, 2), (2, 1), (1, 1)), (3, 2, 1)]:
+        pool = MaxPool2D(k, s, p)
+        y = pool(x)
+        grad = rng.normal(size=y.shape)
+        y_ref, dx_ref = pool_loops(x, 'max', k, s, p, grad)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_allclose(pool.backward(grad), dx_ref, atol=1e-12)
+        np.testing.assert_allclose(pool.backward(grad), dx_ref, atol=1e-12)   # a second backward gives the same
+
+@pytest.mark.parametrize('args, kwargs, message', [
+    ((0, 6, 5), {}, 'Conv2D expected in_channels to be a positive integer, got 0'),           # was ZeroDivisionError
+    ((-1, 6, 5), {}, 'Conv2D expected in_channels to be a positive integer, got -1'),         # was OverflowError
+    ((2.5, 6, 5), {}, 'Conv2D expected in_channels to be a positive integer, got 2.5'),       # was TypeError
+    ((True, 6, 5), {}, 'Conv2D expected in_channels to be a positive integer, got True'),
+    ((3, 0, 5), {}, 'Conv2D expected out_channels to be a positive integer, got 0'),          # was accepted: a layer with no output
+    ((3, '6', 5), {}, "Conv2D expected out_channels to be a positive integer, got '6'"),
+    ((3, 6, (5, -1)), {}, 'Conv2D expected kernel_size to be an int or a pair of ints ≥ 1'),
+    ((3, 6, 5), dict(stride=(1, 0)), 'Conv2D expected stride'),
+    ((3, 6, 5), dict(padding=1.0), 'Conv2D expected padding'),
+    ((3, 6, 5), dict(dtype='U5'), 'Conv2D expected dtype to be a floating-point dtype'),      # was TypeError from the initialiser
+    ((3, 6, 5), dict(dtype=np.int64), 'Conv2D expected dtype'),
+])
+def test_conv_constructor_arguments_are_value_errors_naming_the_layer(args, kwargs, message):
+    "Issue 12.9/12.10: bad sizes raised ZeroDivisionError, OverflowError, TypeError, or built an unusable layer"
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        Conv2D(*args, **kwargs)
+
+@pytest.mark.parametrize('cls', [MaxPool2D, AvgPool2D])
+@pytest.mark.parametrize('kwargs, name', [(dict(kernel_size=0), 'kernel_size'), (dict(kernel_size=2.0), 'kernel_size'),
+                                          (dict(kernel_size=False), 'kernel_size'), (dict(kernel_size=2, stride=0), 'stride'),
+                                          (dict(kernel_size=2, stride=(2, -1)), 'stride'), (dict(kernel_size=2, padding=-1), 'padding'),
+                                          (dict(kernel_size=(2, 2, 2)), 'kernel_size')])
+def test_pool_constructor_arguments_are_value_errors_naming_the_layer(cls, kwargs, name):
+    with pytest.raises(ValueError, match=f'{cls.__name__} expected {name}'):
+        cls(**kwargs)

@@ -1,7 +1,7 @@
 "The losses from the outside: hypothesis-generated shapes and magnitudes, gradients against central differences, dtypes, bad input."
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from tinynn_book.losses import (MAE, MSE, Huber, SigmoidCrossEntropy, SoftmaxCrossEntropy, log_softmax, one_hot,
                                 softmax)
@@ -36,13 +36,28 @@ def regression_target(loss, shape, scale, rng):
     return scale * rng.normal(size=shape)
 
 
+def kinks(loss):
+    "Residuals where the loss is not smooth: MAE's derivative jumps at 0, Huber's second derivative at +-delta"
+    if isinstance(loss, MAE): return [0.0]
+    if isinstance(loss, Huber): return [-loss.delta, loss.delta]
+    return []
+
+
+def away_from_kinks(loss, pred, target, h):
+    "`pred` with every residual within 10 steps of a kink moved out to 10 steps, so no central difference straddles one"
+    r = pred - target
+    for k in kinks(loss):
+        r = np.where(np.abs(r - k) < 10 * h, k + np.where(r >= k, 10 * h, -10 * h), r)
+    return target + r
+
+
 def check_loss_and_grad(loss, pred, target, eps):
     value = loss(pred, target)
     assert type(value) is float and np.isfinite(value), (loss, value)
     grad = loss.grad(pred, target)
     assert grad.shape == pred.shape and grad.dtype == pred.dtype, (grad.shape, grad.dtype)
     assert np.isfinite(grad).all()
-    numeric = numerical_grad(lambda: loss(pred, target), pred, eps=eps)
+    numeric = numerical_grad(lambda: loss(pred, target), pred, h=eps)
     # Central differences resolve a gradient only to about (rounding of the loss) / eps. A confidently right
     # classifier has a true gradient of 1e-9 (or 1e-112) and a loss known to 1e-16, so there relative error
     # means nothing and an absolute difference below that resolution is a pass.
@@ -63,10 +78,13 @@ def test_softmax_cross_entropy_hypothesis(N, C, scale, offset, kind, seed):
 @pytest.mark.parametrize('cls', ELEMENTWISE, ids=lambda c: c.__name__)
 @fast
 @given(delta=deltas, shape=shapes, scale=scales, seed=seeds)
+@example(delta=0.1, shape=(4, 4), scale=1e-3, seed=292)    # a residual within one step of MAE's kink at 0
+@example(delta=0.1, shape=(4, 4), scale=0.1, seed=12121)   # ... and of Huber's kink at +-delta
 def test_elementwise_losses_hypothesis(cls, delta, shape, scale, seed):
     loss, rng = make(cls, delta), np.random.default_rng(seed)
     pred = scale * rng.normal(size=shape)
-    check_loss_and_grad(loss, pred, regression_target(loss, shape, scale, rng), step(scale))
+    target = regression_target(loss, shape, scale, rng)
+    check_loss_and_grad(loss, away_from_kinks(loss, pred, target, step(scale)), target, step(scale))
 
 
 @pytest.mark.parametrize('cls', ELEMENTWISE, ids=lambda c: c.__name__)
@@ -171,9 +189,64 @@ def test_bad_input(loss, pred, target, message, shape, method):
 
 
 def test_bad_constructor_and_one_hot():
-    for delta in [0, -1.0, float('nan')]:
-        with pytest.raises(ValueError, match='Huber expected delta > 0'): Huber(delta)
+    for delta in [0, -1.0, float('nan'), float('inf'), '1', None, True]:
+        with pytest.raises(ValueError, match='Huber expected delta to be a finite number > 0'): Huber(delta)
+    for num_classes in [0, -1, 2.0, '3', None]:
+        with pytest.raises(ValueError, match='one_hot expected num_classes to be a positive integer'): one_hot([0], num_classes)
+    assert Huber(np.float32(0.5)).config() == {'delta': 0.5} and type(Huber(2).delta) is float
     with pytest.raises(ValueError, match=r'one_hot expected labels in \[0, 3\)'): one_hot([0, 3], 3)
     with pytest.raises(ValueError, match='one_hot expected integer labels'): one_hot([0.0, 1.0], 3)
     np.testing.assert_array_equal(one_hot([2, 0], 3), [[0, 0, 1], [1, 0, 0]])
     assert one_hot([2, 0], 3).dtype == np.float32 and repr(Huber(0.5)) == 'Huber(delta=0.5)'
+
+
+@pytest.mark.parametrize('dtype, gap, underflows', [(np.float32, 90.0, False), (np.float32, 110.0, True),
+                                                    (np.float64, 110.0, False), (np.float64, 750.0, True)])
+def test_underflow_depends_on_dtype(dtype, gap, underflows):
+    "softmax underflows near e^-104 in float32 and e^-745 in float64; log_softmax stays exact in both"
+    z = np.array([[0.0, -gap]], dtype=dtype)
+    assert (softmax(z)[0, 1] == 0) == underflows
+    np.testing.assert_array_equal(log_softmax(z), z)
+    assert log_softmax(z).dtype == dtype
+
+
+@given(delta=deltas, seed=seeds)
+@fast
+def test_huber_is_half_mse_inside_and_delta_mae_outside(delta, seed):
+    rng = np.random.default_rng(seed)
+    inside = delta * rng.uniform(-0.99, 0.99, size=7)
+    outside = delta * rng.uniform(1.01, 5, size=7) * rng.choice([-1, 1], size=7)
+    zero = np.zeros(7)
+    np.testing.assert_allclose(Huber(delta).grad(inside, zero), MSE().grad(inside, zero) / 2, rtol=1e-12)
+    np.testing.assert_allclose(Huber(delta)(inside, zero), MSE()(inside, zero) / 2, rtol=1e-12)
+    np.testing.assert_allclose(Huber(delta).grad(outside, zero), delta * MAE().grad(outside, zero), rtol=1e-12)
+
+
+def test_one_hot_and_labels_agree_at_a_minus_inf_logit():
+    "0 * log 0 is 0: a one-hot row must not turn a masked class's -inf log-probability into NaN"
+    logits = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf], [-np.inf, 3.0, -1.0]])
+    labels = np.array([2, 0, 1])
+    ce, targets = SoftmaxCrossEntropy(), one_hot(labels, 3, dtype=np.float64)
+    expected = (np.log1p(np.e) - 1 + np.logaddexp(2.0, 0.5) - 2.0 + np.logaddexp(3.0, -1.0) - 3.0) / 3   # by hand
+    with np.errstate(all='raise'):
+        assert np.isclose(ce(logits, labels), expected, rtol=1e-14)
+        assert np.isclose(ce(logits, targets), expected, rtol=1e-14)                # was NaN
+        soft = np.array([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [0.0, 0.25, 0.75]])         # soft rows: zeros at -inf too
+        assert np.isfinite(ce(logits, soft))
+        np.testing.assert_array_equal(ce.grad(logits, targets), ce.grad(logits, labels))
+        assert ce.grad(logits, labels)[0, 1] == ce.grad(logits, labels)[2, 0] == 0.0
+    assert ce(logits, np.array([1, 0, 1])) == ce(logits, one_hot([1, 0, 1], 3, dtype=np.float64)) == np.inf
+
+
+def test_sigmoid_cross_entropy_at_infinite_logits():
+    "The limits: a logit of +-inf that agrees with its target costs 0, one that disagrees costs inf; never NaN"
+    bce = SigmoidCrossEntropy()
+    z, y = np.array([np.inf, -np.inf, np.inf, -np.inf, np.inf]), np.array([1.0, 0.0, 0.0, 1.0, 0.5])
+    with np.errstate(all='raise'):
+        assert bce(z[:2], y[:2]) == 0.0                                               # was NaN
+        np.testing.assert_array_equal(bce.grad(z[:2], y[:2]), [0.0, 0.0])
+        for i, value in enumerate([0.0, 0.0, np.inf, np.inf, np.inf]):
+            assert bce(z[i:i + 1], y[i:i + 1]) == value, (z[i], y[i])
+        np.testing.assert_array_equal(bce.grad(z, y), np.array([0.0, 0.0, 1.0, -1.0, 0.5]) / 5)
+        assert bce(np.array([np.inf, 2.0]), np.array([1.0, 0.3])) == bce(np.array([2.0]), np.array([0.3])) / 2
+        assert bce(z[:2].astype(np.float32), y[:2]) == 0.0

@@ -1,4 +1,5 @@
-"MNIST from the outside: IDX parsing, the loader's search order and download, the bundled sample, training, the command."
+"""MNIST from the outside: IDX parsing, the loader's search order and download, the bundled sample, the builders, training.
+The tinynn-mnist command is tested in tests/test_cli.py."""
 import gzip, hashlib, os, shutil, subprocess, sys, urllib.error
 from pathlib import Path
 import numpy as np
@@ -80,6 +81,97 @@ def test_mismatched_labels(tmp_path):
     fake_mnist(tmp_path)
     (tmp_path/'t10k-labels-idx1-ubyte.gz').write_bytes(gzip.compress(idx_bytes(np.zeros(3, np.uint8))))
     with pytest.raises(ValueError, match=r'one label per image, shape \(10,\), got \(3,\)'): load_mnist(tmp_path)
+
+def _idx_with_type(values, type_code, dtype):
+    "A one-dimensional IDX file of `values` stored as `dtype` (big-endian) under `type_code`"
+    values = np.asarray(values, dtype)
+    return bytes([0, 0, type_code, 1]) + len(values).to_bytes(4, 'big') + values.astype(np.dtype(dtype).newbyteorder('>')).tobytes()
+
+@pytest.mark.parametrize('type_code, dtype', [(0x0D, np.float32), (0x0E, np.float64)])
+def test_float_label_file_is_refused_naming_it(tmp_path, type_code, dtype):
+    "Issue 12.4: float labels loaded silently, NaN as INT64_MIN and 3.7 as 3"
+    fake_mnist(tmp_path)
+    labels = tmp_path/'t10k-labels-idx1-ubyte.gz'
+    labels.write_bytes(gzip.compress(_idx_with_type([3.7, np.nan] + [1.0] * 8, type_code, dtype)))
+    with pytest.raises(ValueError, match='expected IDX values of type uint8, int8, int16 or int32, its header says float') as e: load_mnist(tmp_path)
+    assert str(labels) in str(e.value) and np.dtype(dtype).name in str(e.value)
+
+def test_float_image_file_is_refused_naming_it(tmp_path):
+    fake_mnist(tmp_path)
+    images = tmp_path/'train-images-idx3-ubyte.gz'
+    a = np.zeros((20, 28, 28), '>f4')
+    images.write_bytes(gzip.compress(bytes([0, 0, 0x0D, 3]) + b''.join(int(d).to_bytes(4, 'big') for d in a.shape) + a.tobytes()))
+    with pytest.raises(ValueError, match='expected IDX values of type uint8, its header says float32') as e: load_mnist(tmp_path)
+    assert str(images) in str(e.value)
+
+@pytest.mark.parametrize('type_code, dtype', [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16), (0x0C, np.int32)])
+def test_integer_label_files_load(tmp_path, type_code, dtype):
+    fake_mnist(tmp_path)
+    (tmp_path/'t10k-labels-idx1-ubyte.gz').write_bytes(gzip.compress(_idx_with_type(np.arange(10) % 10, type_code, dtype)))
+    _, (xt, yt) = load_mnist(tmp_path)
+    assert yt.dtype == np.int64 and yt.tolist() == list(range(10))
+
+def test_out_of_range_labels_name_the_label_file(tmp_path):
+    fake_mnist(tmp_path)
+    labels = tmp_path/'t10k-labels-idx1-ubyte.gz'
+    labels.write_bytes(gzip.compress(_idx_with_type([0, 1, 2, 3, -4, 5, 6, 7, 8, 9], 0x0C, np.int32)))
+    with pytest.raises(ValueError, match=r'expected labels in 0\.\.9, got values in \[-4, 9\]') as e: load_mnist(tmp_path)
+    assert str(labels) in str(e.value)
+
+def _python(code):
+    "Run `code` in a fresh Python that imports this package (not another install); returns the CompletedProcess"
+    import tinynn_book
+    env = dict(os.environ, PYTHONPATH=str(Path(tinynn_book.__file__).parent.parent), OPENBLAS_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env)
+
+def _gzip_zeros(path, header, num_zeros):
+    "A gzip file: `header`, then `num_zeros` zero bytes, compressed a megabyte at a time"
+    with gzip.open(path, 'wb') as f:
+        f.write(header)
+        for start in range(0, num_zeros, 1 << 20): f.write(bytes(min(1 << 20, num_zeros - start)))
+
+def test_gzip_bomb_behind_a_small_header_costs_little_memory(tmp_path):
+    "Issue 12.5: the whole file was gunzipped before its size was checked: 200 MB of zeros behind a 15 kB promise"
+    fake_mnist(tmp_path)
+    bomb = tmp_path/'train-images-idx3-ubyte.gz'
+    good = gzip.decompress(bomb.read_bytes())  # header (20, 28, 28) and its 15 680 bytes
+    _gzip_zeros(bomb, good, 200_000_000)
+    assert bomb.stat().st_size < 1_000_000
+    r = _python(f"""
+from tinynn_book.mnist import load_mnist
+def kb(key): return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key + ':'))
+with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # peak := now (a forked child starts with its parent's peak)
+before = kb('VmRSS')
+try: load_mnist({str(tmp_path)!r}); print('LOADED')
+except ValueError as e: print('ERROR', e)
+print('GROWTH', (kb('VmHWM') - before) / 1024)
+""")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'ERROR' in r.stdout and str(bomb) in r.stdout and 'corrupt or truncated IDX file' in r.stdout, r.stdout
+    growth = float(r.stdout.split('GROWTH')[-1])
+    assert growth < 50, f'peak memory grew by {growth:.0f} MB'   # the inflated file alone is 200 MB
+
+def test_promise_larger_than_the_file_can_hold_is_refused_before_decompressing(tmp_path):
+    liar = tmp_path/'liar.gz'
+    liar.write_bytes(gzip.compress(bytes([0, 0, 0x08, 3]) + b''.join((100_000).to_bytes(4, 'big') for _ in range(3))))
+    with pytest.raises(ValueError, match='more than the file can hold') as e: read_idx(liar)   # 10**15 bytes promised
+    assert str(liar) in str(e.value)
+
+def test_memory_error_never_escapes_load_mnist(tmp_path):
+    "Issue 12.5: a header promising more than memory allows (here 314 MB under a 150 MB allowance) is a ValueError naming the file"
+    fake_mnist(tmp_path)
+    images = tmp_path/'train-images-idx3-ubyte.gz'
+    _gzip_zeros(images, bytes([0, 0, 0x08, 3]) + b''.join(int(d).to_bytes(4, 'big') for d in (400_000, 28, 28)), 400_000 * 784)
+    r = _python(f"""
+import re, resource
+from tinynn_book.mnist import load_mnist
+vm = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 150 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try: load_mnist({str(tmp_path)!r}); print('LOADED')
+except ValueError as e: print('ERROR', e)
+""")
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert 'ERROR' in r.stdout and str(images) in r.stdout and 'more memory than is available' in r.stdout, r.stdout
 
 # --- the loader's search order ---------------------------------------------------------------------
 
@@ -195,11 +287,11 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     with pytest.raises(ValueError, match='cut.npz'): Model.load(tmp_path/'cut.npz')
 
 def test_lenet_trains_exactly_like_pytorch():
-    "Same initial weights, same batches, float64: our LeNet with Adam and weight decay follows PyTorch's step for step"
+    "Same initial weights, same batches, float64: our LeNet with AdamW (decoupled weight decay) follows PyTorch's step for step"
     torch = pytest.importorskip('torch')
     nn = torch.nn
     (x, y), _ = load_mnist(sample=True)
-    model = mnist.make_model('lenet', seed=0, weight_decay=5e-4, max_shift=0)  # no augmentation: PyTorch's twin has none
+    model = mnist.make_model('lenet', seed=0, weight_decay=0.1, max_shift=0)  # no augmentation: PyTorch's twin has none
     model.net.astype(np.float64)
     twin = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10)).double()
@@ -209,7 +301,7 @@ def test_lenet_trains_exactly_like_pytorch():
         for a, b in zip(ours, theirs):
             w = a.params['w']
             b.weight.copy_(torch.from_numpy(w if w.ndim == 4 else w.T.copy())); b.bias.copy_(torch.from_numpy(a.params['b']))
-    opt = torch.optim.Adam(twin.parameters(), lr=1e-3, weight_decay=5e-4)
+    opt = torch.optim.AdamW(twin.parameters(), lr=1e-3, weight_decay=0.1)
     rng = np.random.default_rng(0)
     for _ in range(20):
         idx = rng.choice(len(x), 64, replace=False)
@@ -241,33 +333,97 @@ def test_lenet_shapes_and_parameter_count():
     assert net(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
     assert sum(p.size for p, _ in net.parameters()) == 61_706
 
-def _command(*args, env=None):
-    exe = shutil.which('tinynn-mnist')
-    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from tinynn_book.mnist import main; sys.exit(main())']
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=600)
+def test_make_model_keywords_and_optimizer():
+    "bench/bench_train.py calls make_model(name, LR, seed=0, weight_decay=0, max_shift=0): the bare net, AdamW without decay"
+    from tinynn_book.optim import AdamW
+    model = mnist.make_model('lenet', 1e-3, seed=0, weight_decay=0, max_shift=0)
+    assert type(model.net.layers[0]).__name__ == 'Conv2D'
+    assert isinstance(model.optimizer, AdamW) and model.optimizer.weight_decay == 0 and model.optimizer.lr == 1e-3
+    default = mnist.make_model('mlp')
+    assert type(default.net.layers[0]).__name__ == 'RandomShift' and default.optimizer.weight_decay == mnist.WEIGHT_DECAY
 
-def _offline_env(tmp_path):
-    "A fresh user: no data variable, an empty home and cache"
-    env = {k: v for k, v in os.environ.items() if k != 'TINYNN_BOOK_DATA'}
-    env.update(HOME=str(tmp_path/'home'), XDG_CACHE_HOME=str(tmp_path/'cache'))
-    env.pop('MPLBACKEND', None)  # the command must pick a non-interactive backend itself
-    return env
-
-def test_command_on_sample_writes_checkpoint_and_plot(tmp_path):
-    ckpt, png = tmp_path/'m.npz', tmp_path/'c.png'
-    r = _command('--sample', '--epochs', '1', '--save', str(ckpt), '--plot', str(png), env=_offline_env(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert 'test accuracy' in r.stdout and 'Dense' in r.stdout
-    assert png.read_bytes()[:4] == b'\x89PNG'
+def test_checkpoint_keeps_adamw(tmp_path):
     from tinynn_book.model import Model
-    _, (xt, yt) = load_mnist(sample=True)
-    assert Model.load(ckpt).evaluate(xt, yt)['accuracy'] >= 0.75  # the checkpoint is the trained MLP
+    model = mnist.make_model('mlp', seed=0, weight_decay=0.3)
+    loaded = Model.load(model.save(tmp_path/'m.npz'))
+    assert type(loaded.optimizer).__name__ == 'AdamW' and loaded.optimizer.weight_decay == 0.3
 
-def test_command_bad_arguments_exit_2(tmp_path):
-    for bad in (['--epochs', '0'], ['--model', 'vgg'], ['--batch-size', 'x'], ['--sample', '--data', str(tmp_path)]):
-        r = _command(*bad, env=_offline_env(tmp_path))
-        assert r.returncode == 2 and 'error' in r.stderr, (bad, r.stderr)
+# --- the builders ---------------------------------------------------------------------------------------
 
-def test_command_missing_data_exit_1(tmp_path):
-    r = _command('--data', str(tmp_path), '--epochs', '1', env=_offline_env(tmp_path))
-    assert r.returncode == 1 and 'MNIST not found' in r.stderr and 'TINYNN_BOOK_DATA' in r.stderr, r.stderr
+def _old_mlp(rng):
+    "The MLP exactly as chapter 6 built it before the builders took injected layers"
+    from tinynn_book.layers import Dense, ReLU
+    from tinynn_book.conv import Flatten
+    from tinynn_book.model import Net
+    return Net([Flatten(), Dense(784, 400, rng=rng), ReLU(), Dense(400, 100, rng=rng), ReLU(), Dense(100, 10, rng=rng)])
+
+def _old_lenet(rng):
+    from tinynn_book.layers import Dense, ReLU
+    from tinynn_book.conv import Conv2D, MaxPool2D, Flatten
+    from tinynn_book.model import Net
+    return Net([Conv2D(1, 6, 5, padding=2, rng=rng), ReLU(), MaxPool2D(2), Conv2D(6, 16, 5, rng=rng), ReLU(), MaxPool2D(2),
+                Flatten(), Dense(400, 120, rng=rng), ReLU(), Dense(120, 84, rng=rng), ReLU(), Dense(84, 10, rng=rng)])
+
+@pytest.mark.parametrize('build, old', [(mnist.mlp, _old_mlp), (mnist.lenet, _old_lenet)])
+def test_default_builders_give_the_same_nets(build, old):
+    new, ref = build(rng=np.random.default_rng(5)), old(np.random.default_rng(5))
+    assert [repr(layer) for layer in new.layers] == [repr(layer) for layer in ref.layers]
+    assert new.params.keys() == ref.params.keys()
+    for k in ref.params: np.testing.assert_array_equal(new.params[k], ref.params[k])
+
+def _identity_layer():
+    from tinynn_book.layers import Layer
+    class Mark(Layer):
+        "Identity stand-in for chapter 7's layers"
+        def __init__(self, num_features=None): super().__init__(); self.num_features = num_features
+        def forward(self, x): return x
+        def backward(self, grad): return grad
+    return Mark
+
+def test_builders_inject_norm_and_dropout():
+    Mark = _identity_layer()
+    net = mnist.mlp(rng=0, norm=Mark, dropout=Mark)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ['Flatten', 'Dense', 'Mark', 'ReLU', 'Mark', 'Dense', 'Mark', 'ReLU', 'Mark', 'Dense']
+    assert [l.num_features for l in net.layers if isinstance(l, Mark)] == [400, None, 100, None]
+    net = mnist.lenet(rng=0, norm2d=Mark, norm1d=Mark, dropout=Mark, dtype=np.float64)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ['Conv2D', 'Mark', 'ReLU', 'MaxPool2D', 'Conv2D', 'Mark', 'ReLU', 'MaxPool2D', 'Flatten',
+                     'Dense', 'Mark', 'ReLU', 'Mark', 'Dense', 'Mark', 'ReLU', 'Mark', 'Dense']
+    assert [l.num_features for l in net.layers if isinstance(l, Mark)] == [6, 16, 120, None, 84, None]
+    plain = mnist.lenet(rng=0, dtype=np.float64)
+    for a, b in zip(net.params.values(), plain.params.values()): np.testing.assert_array_equal(a, b)  # same weights
+    x = np.random.default_rng(0).random((2, 1, 28, 28))
+    np.testing.assert_array_equal(net(x), plain(x))
+    model = mnist.make_model('mlp', seed=0, norm=Mark)  # make_model passes builder options on
+    assert sum(isinstance(l, Mark) for l in model.net.layers) == 2
+
+# --- train_mnist: validation from the training set ------------------------------------------------------
+
+def _recording_model():
+    model = mnist.make_model('mlp', seed=0)
+    calls = {}
+    def fit(x, y, epochs, batch_size=128, validation_data=None, **kwargs):
+        calls.update(x=x, y=y, epochs=epochs, validation_data=validation_data, **kwargs); return 'history'
+    model.fit = fit
+    return model, calls
+
+def test_train_mnist_validates_on_the_end_of_the_training_set():
+    (x, y), (xt, yt) = load_mnist(sample=True)
+    model, calls = _recording_model()
+    assert mnist.train_mnist(model, ((x, y), (xt, yt)), 2, val_size=1000) == 'history'
+    np.testing.assert_array_equal(calls['x'], x[:5000]); np.testing.assert_array_equal(calls['y'], y[:5000])
+    xv, yv = calls['validation_data']
+    np.testing.assert_array_equal(xv, x[5000:]); np.testing.assert_array_equal(yv, y[5000:])  # never the test set
+    mnist.train_mnist(model, (x, y), 1)  # (x, y) works too; default: a twelfth
+    assert len(calls['x']) == 5500 and len(calls['validation_data'][0]) == 500
+    mnist.train_mnist(model, (x, y), 1, val_size=0)
+    assert len(calls['x']) == 6000 and calls['validation_data'] is None
+    for bad in (-1, 6000, 2.5):
+        with pytest.raises(ValueError, match='val_size'): mnist.train_mnist(model, (x, y), 1, val_size=bad)
+
+def test_train_mnist_history_has_validation():
+    (x, y), _ = load_mnist(sample=True)
+    model = mnist.make_model('mlp', seed=0)
+    history = mnist.train_mnist(model, (x[:1200], y[:1200]), 1, val_size=200, progress=False, verbose=False)
+    assert history.epochs == 1 and history['val_accuracy'][0] is not None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tinynn_book.layers import Dense, Layer, ReLU, Tanh
 from tinynn_book.losses import MSE, SoftmaxCrossEntropy
-from tinynn_book.model import History, Model, Net, accuracy, make_spirals
+from tinynn_book.model import CHECKPOINT_VERSION, Callback, History, Model, Net, accuracy, describe, make_spirals
 from tinynn_book.optim import SGD, Adam
 
 
@@ -202,3 +202,441 @@ def test_progress_bar_changes_nothing(data, capsys):
     b.fit(x, y, epochs=2, batch_size=32, progress=False, verbose=False)
     assert capsys.readouterr() == ('', '')
     assert np.array_equal(a.predict(x), b.predict(x))
+
+
+class Counter(Layer):
+    "Identity with one state array: the number of examples seen while training"
+    state_names = ('seen',)
+    def __init__(self):
+        super().__init__()
+        self.seen = np.zeros(1, np.int64)
+    def forward(self, x):
+        if self.training: self.seen += len(x)
+        return x
+    def backward(self, grad): return grad
+
+
+def test_net_state_collects_state_names_recursively():
+    net = Net([Dense(2, 4, rng=0), Counter(), Net([Counter(), Dense(4, 3, rng=1)])])
+    assert list(net.state) == ['1.seen', '2.0.seen']
+    assert net.state['2.0.seen'] is net[2][0].seen
+    assert 'seen' not in ' '.join(net.params)  # state is not a parameter
+    assert Net([Dense(2, 3)]).state == {}
+
+
+def test_state_survives_save_and_load(data, tmp_path):
+    (x, y), (x_val, _) = data
+    model = Model(Net([Dense(2, 8, rng=0), Counter(), ReLU(), Dense(8, 3, rng=1)]), SoftmaxCrossEntropy(), Adam(0.01))
+    model.fit(x, y, epochs=2, batch_size=64, progress=False, verbose=False)
+    assert model.net.state['1.seen'][0] == 600
+    path = model.save(tmp_path / 'counted.npz')
+    with np.load(path) as z:
+        assert 'state.1.seen' in z.files and json.loads(z['__model__'].tobytes())['version'] == CHECKPOINT_VERSION == 2
+    loaded = Model.load(path)
+    assert loaded.net.state['1.seen'][0] == 600 and loaded.net[1].seen is loaded.net.state['1.seen']
+    assert np.array_equal(loaded.predict(x_val), model.predict(x_val))
+    rewrite(path, lambda a: a.update({'state.1.seen': np.zeros(2, np.int64)}))
+    with pytest.raises(ValueError, match=r"'state.1.seen' is int64 \(2,\), the architecture needs int64 \(1,\)"):
+        Model.load(path)
+
+
+def test_version_1_checkpoint_still_loads(trained, data, tmp_path):
+    model, _ = trained
+    meta = dict(format='tinynn-book checkpoint', version=1, net=describe(model.net), loss=describe(model.loss), optimizer=describe(model.optimizer))
+    path = tmp_path / 'v1.npz'
+    np.savez(path, **model.net.params, __model__=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    assert np.array_equal(Model.load(path).predict(data[1][0]), model.predict(data[1][0]))
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after=None): self.stop_after, self.calls = stop_after, []
+    def on_train_begin(self, model): self.calls.append('begin')
+    def on_epoch_end(self, model, history):
+        self.calls.append((history.epochs, history['val_loss'][-1] is not None))
+        return self.stop_after is not None and history.epochs >= self.stop_after
+    def on_train_end(self, model, history): self.calls.append('end')
+
+
+def test_callback_stops_training(data, capsys):
+    (x, y), val = data
+    stop, watch = Recorder(stop_after=2), Recorder()
+    history = spiral_model().fit(x, y, epochs=10, batch_size=32, validation_data=val, callbacks=[stop, watch], progress=False)
+    assert history.epochs == 2 and history.stopped_epoch == 2
+    assert stop.calls == watch.calls == ['begin', (1, True), (2, True), 'end']
+    assert 'stopped early after epoch 2 by Recorder' in capsys.readouterr().out
+
+
+def test_callbacks_without_stop_and_bad_callbacks(data):
+    (x, y), _ = data
+    watch = Recorder()
+    history = spiral_model().fit(x, y, epochs=3, batch_size=64, callbacks=watch, progress=False, verbose=False)
+    assert history.stopped_epoch is None and watch.calls == ['begin', (1, False), (2, False), (3, False), 'end']
+    with pytest.raises(TypeError, match='expected Callback objects'):
+        spiral_model().fit(x, y, epochs=1, callbacks=[lambda m, h: True], progress=False, verbose=False)
+
+
+# ---- issue 12: hostile and careless input (items 1, 2, 3, 6, 8, 9) ----
+import subprocess, sys, threading, zipfile
+from pathlib import Path
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda m, x, y: m.predict(x, batch_size=-1), r'Model.predict expected a positive integer batch_size, got -1'),
+    (lambda m, x, y: m.predict(x, batch_size=0), r'Model.predict expected a positive integer batch_size, got 0'),
+    (lambda m, x, y: m.evaluate(x, y, batch_size=-1), r'Model.evaluate expected a positive integer batch_size, got -1'),
+    (lambda m, x, y: m.evaluate(x, y, batch_size=2.5), r'Model.evaluate expected a positive integer batch_size, got 2.5'),
+    (lambda m, x, y: m.fit(x, y, epochs=1, batch_size=True), r'Model.fit expected a positive integer batch_size, got True'),
+    (lambda m, x, y: m.fit(x, y, epochs=-1), r'Model.fit expected a non-negative integer epochs, got -1'),
+    (lambda m, x, y: m.fit(x, y, epochs=1.5), r'Model.fit expected a non-negative integer epochs, got 1.5'),
+    (lambda m, x, y: m.fit(x, y, epochs=1, seed=-1), r'Model.fit expected a non-negative integer seed, got -1'),
+    (lambda m, x, y: m.fit(x, y, epochs=1, seed='a'), r"Model.fit expected a non-negative integer seed, got 'a'"),
+], ids=['predict-1', 'predict0', 'evaluate-1', 'evaluate2.5', 'fitTrue', 'epochs-1', 'epochs1.5', 'seed-1', 'seed-a'])
+def test_size_arguments_are_validated(data, call, message):
+    "Issue 12.6: predict(batch_size=-1) returned None, evaluate(batch_size=-1) zeros, batch_size=0 numpy's range() error"
+    (x, y), _ = data
+    with pytest.raises(ValueError, match=message):
+        call(spiral_model(), x, y)
+
+
+def test_fit_zero_epochs_is_allowed(data):
+    (x, y), _ = data
+    assert spiral_model().fit(x, y, epochs=0, progress=False, verbose=False).epochs == 0
+
+
+def test_saves_from_threads_never_race(tmp_path, data):
+    "Issue 12.3: the temporary name was the same for every thread of a process"
+    path, errors = tmp_path / 'shared.npz', []
+    models = [spiral_model(seed=s) for s in range(4)]
+    def work(model):
+        try:
+            for _ in range(15): model.save(path)
+        except Exception as e: errors.append(e)
+    threads = [threading.Thread(target=work, args=(m,)) for m in models]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert errors == []
+    loaded = Model.load(path)
+    assert any(np.array_equal(loaded.predict(data[1][0]), m.predict(data[1][0])) for m in models)
+    assert [p.name for p in tmp_path.iterdir()] == ['shared.npz']
+
+
+def test_long_file_name_saves_and_failed_cleanup_keeps_first_error(tmp_path, monkeypatch):
+    "Issue 12.3: a 254-byte name must save; a cleanup that fails must not hide the write's error"
+    path = tmp_path / ('m' * 250 + '.npz')
+    assert Model.load(spiral_model().save(path)) is not None
+    def full_disk(*args, **kwargs): raise OSError('No space left on device (simulated)')
+    def unlink_fails(self, missing_ok=False): raise PermissionError('cannot unlink (simulated)')
+    monkeypatch.setattr(np.lib.format, 'write_array', full_disk)
+    import pathlib
+    monkeypatch.setattr(pathlib.Path, 'unlink', unlink_fails)
+    with pytest.raises(OSError, match='No space left'):
+        spiral_model().save(tmp_path / 'other.npz')
+
+
+def _peak_rss_mb(code):
+    "Peak resident memory (MB) of a fresh Python process running `code` (Linux: ru_maxrss is in kB)"
+    # ru_maxrss alone would not do: Linux carries the parent's (pytest's) peak over into a child it forks, so reset the
+    # kernel's high-water mark first (clear_refs 5) and read VmHWM; fall back to ru_maxrss where that is not allowed
+    script = ("def _reset_peak():\n    try:\n        with open('/proc/self/clear_refs', 'w') as f: f.write('5')\n        return True\n"
+              "    except OSError: return False\n_exact = _reset_peak()\n" + code +
+              "\nimport resource\ndef _peak():\n    if _exact:\n        for l in open('/proc/self/status'):\n"
+              "            if l.startswith('VmHWM:'): return int(l.split()[1]) / 1024\n"
+              "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\nprint('PEAK', _peak())")
+    import os, tinynn_book
+    env = dict(os.environ, PYTHONPATH=str(Path(tinynn_book.__file__).parent.parent))  # the package under test, not another install
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout, float(out.stdout.split('PEAK')[-1])
+
+
+def test_zip_bomb_members_are_not_decompressed(checkpoint):
+    "Issue 12.2: every member was decompressed before the names were checked"
+    with zipfile.ZipFile(checkpoint, 'a', compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open('bomb.npy', 'w', force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {'descr': '<f8', 'fortran_order': False, 'shape': (50_000_000,)})
+            zeros = bytes(8_000_000)
+            for _ in range(50): f.write(zeros)  # 400 MB of zeros, a few hundred kB compressed
+    assert checkpoint.stat().st_size < 5_000_000
+    out, peak = _peak_rss_mb(f"""
+from tinynn_book.model import Model
+try: Model.load({str(checkpoint)!r})
+except ValueError as e: print('ERROR', e)
+""")
+    assert "unexpected 'bomb'" in out, out
+    assert peak < 300, f'{peak:.0f} MB'
+
+
+def test_description_of_huge_layers_is_refused_cheaply(checkpoint):
+    "Issue 12.1: the layers a file describes were all built before any array was checked"
+    meta = {'format': 'tinynn-book checkpoint', 'version': 2,
+            'net': {'class': 'Net', 'module': 'tinynn_book.model', 'config': {'layers': [
+                {'class': 'Dense', 'module': 'tinynn_book.layers', 'config': {'num_in': 2, 'num_out': 32}}] +
+                [{'class': 'Dense', 'module': 'tinynn_book.layers', 'config': {'num_in': 3000, 'num_out': 3000}}] * 40}},
+            'loss': {'class': 'SoftmaxCrossEntropy', 'config': {}}, 'optimizer': {'class': 'Adam', 'config': {}}}
+    rewrite(checkpoint, lambda a: a.update({'__model__': np.frombuffer(json.dumps(meta).encode(), np.uint8)}))
+    out, peak = _peak_rss_mb(f"""
+from tinynn_book.model import Model
+try: Model.load({str(checkpoint)!r})
+except ValueError as e: print('ERROR', e)
+""")
+    assert 'ERROR' in out and 'model.npz' in out, out
+    assert peak < 600, f'{peak:.0f} MB'  # 40 such layers would take about 4 GB
+
+
+@pytest.mark.parametrize('make_bad, message', [
+    (lambda z: z.writestr('notes.txt', b'hello'), 'notes.txt'),                       # was AttributeError
+    (lambda z: z.writestr('__model__.npy', b'\x93NUMPY garbage'), 'model.npz'),       # a broken header
+], ids=['not-npy', 'broken-header'])
+def test_odd_members_are_value_errors(tmp_path, make_bad, message):
+    "Issue 12.9: a member that is not an .npy array raised AttributeError"
+    path = tmp_path / 'model.npz'
+    with zipfile.ZipFile(path, 'w') as z: make_bad(z)
+    with pytest.raises(ValueError, match=message):
+        Model.load(path)
+
+
+@pytest.mark.parametrize('meta_bytes', [
+    b'[' * 100_000 + b']' * 100_000,                                                    # RecursionError
+    json.dumps({'format': 'tinynn-book checkpoint', 'version': 2,
+                'net': {'class': 'Net', 'config': {'layers': [{'class': 'Dense', 'config': {'num_in': 0, 'num_out': 3}}]}},
+                'loss': {'class': 'MSE', 'config': {}}, 'optimizer': {'class': 'SGD', 'config': {'lr': 0.1}}}).encode(),  # ZeroDivisionError
+    json.dumps({'format': 'tinynn-book checkpoint', 'version': 2,
+                'net': {'class': 'Net', 'config': {'layers': [{'class': 'Dense', 'config': {'num_in': -5, 'num_out': 3}}]}},
+                'loss': {'class': 'MSE', 'config': {}}, 'optimizer': {'class': 'SGD', 'config': {'lr': 0.1}}}).encode(),  # negative size
+    json.dumps({'format': 'tinynn-book checkpoint', 'version': 2,
+                'net': {'class': 'Net', 'config': {'layers': [{'class': 'Dense', 'config': {'num_in': 10**30, 'num_out': 3}}]}},
+                'loss': {'class': 'MSE', 'config': {}}, 'optimizer': {'class': 'SGD', 'config': {'lr': 0.1}}}).encode(),  # OverflowError
+], ids=['deep-json', 'size0', 'size-5', 'size1e30'])
+def test_bad_descriptions_are_value_errors(checkpoint, meta_bytes):
+    "Issue 12.9: RecursionError, ZeroDivisionError, OverflowError escaped Model.load"
+    rewrite(checkpoint, lambda a: a.update({'__model__': np.frombuffer(meta_bytes, np.uint8)}))
+    with pytest.raises(ValueError, match='model.npz'):
+        Model.load(checkpoint)
+
+
+def test_mixed_dtype_net_round_trips(tmp_path, data):
+    "Issue 12.8: a net mixing float64 and float32 layers saved but could not be loaded"
+    x_val = data[1][0]
+    net = Net([Dense(2, 8, rng=0, dtype=np.float64), ReLU(), Dense(8, 3, rng=1)])
+    model = Model(net, SoftmaxCrossEntropy(), Adam(0.01))
+    assert {p.dtype for p in model.net.params.values()} == {np.dtype(np.float64), np.dtype(np.float32)}
+    loaded = Model.load(model.save(tmp_path / 'mixed.npz'))
+    assert [p.dtype for p in loaded.net.params.values()] == [p.dtype for p in model.net.params.values()]
+    assert np.array_equal(loaded.predict(x_val), model.predict(x_val))
+
+
+# ---- issue 12: learning rate and NaN guard (7), Ctrl-C (12), reshuffling (14), internal classes (10), planned sizes (1) ----
+import signal
+from tinynn_book.optim import SGD
+
+
+def test_schedule_returning_nan_is_refused_at_its_step(data):
+    "Issue 12.7: a schedule returning NaN left every weight NaN (fit returned normally when it was the last step)"
+    (x, y), _ = data
+    model, reference = spiral_model(), spiral_model()
+    schedule = lambda step: float('nan') if step == 17 else 0.01
+    with pytest.raises(ValueError, match=r'epoch 2/2, step 8/10: lr_schedule\(17\) returned nan, but a learning rate must be a finite number >= 0'):
+        model.fit(x, y, epochs=2, batch_size=32, lr_schedule=schedule, progress=False, verbose=False)
+    assert all(np.all(np.isfinite(p)) for p in model.net.params.values())
+    # the parameters are those after the 17 good steps: compare with a run stopped by a callback-free schedule error at the same point
+    class Stop(Exception): pass
+    def stop_at_17(step):
+        if step == 17: raise Stop
+        return 0.01
+    with pytest.raises(Stop):
+        reference.fit(x, y, epochs=2, batch_size=32, lr_schedule=stop_at_17, progress=False, verbose=False)
+    assert all(np.array_equal(model.net.params[k], reference.net.params[k]) for k in model.net.params)
+
+
+def test_schedule_nan_on_the_last_step_does_not_return_normally(data):
+    (x, y), _ = data
+    model = spiral_model()
+    with pytest.raises(ValueError, match=r'lr_schedule\(19\) returned nan'):
+        model.fit(x, y, epochs=2, batch_size=32, lr_schedule=lambda step: float('nan') if step == 19 else 0.01, progress=False, verbose=False)
+    assert all(np.all(np.isfinite(p)) for p in model.net.params.values())
+
+
+@pytest.mark.parametrize('lr', [-0.01, float('inf'), '0.01', None, True, np.float32('nan')], ids=['negative', 'inf', 'str', 'None', 'bool', 'np-nan'])
+def test_bad_learning_rates_are_refused(data, lr):
+    (x, y), _ = data
+    with pytest.raises(ValueError, match=r'lr_schedule\(0\) returned .*a learning rate must be a finite number >= 0'):
+        spiral_model().fit(x, y, epochs=1, lr_schedule=lambda step: lr, progress=False, verbose=False)
+    model = spiral_model()
+    model.optimizer.lr = lr
+    with pytest.raises(ValueError, match=r'optimizer.lr is'):
+        model.fit(x, y, epochs=1, progress=False, verbose=False)
+
+
+class Overflow(SGD):
+    "SGD whose update number `at` writes inf into the first weight array, as an overflowing gradient would"
+    def __init__(self, at): super().__init__(0.01); self.at, self.steps = at, 0
+    def step(self, params):
+        params = list(params); super().step(params); self.steps += 1
+        if self.steps == self.at: params[0][0][...] = np.inf
+
+
+def test_nonfinite_parameters_from_the_last_update_are_caught(data):
+    "Issue 12.7: the guard only looked at the loss, so an update that broke the weights on an epoch's last step went unnoticed"
+    (x, y), _ = data
+    model = Model(spiral_model().net, SoftmaxCrossEntropy(), Overflow(at=10))   # 300 examples, batch 32: step 10 ends epoch 1
+    with pytest.raises(FloatingPointError, match=r'stopped after epoch 1/3: an update made 0.w NaN or inf, although every loss was finite'):
+        model.fit(x, y, epochs=3, batch_size=32, progress=False, verbose=False)
+    model = Model(spiral_model().net, SoftmaxCrossEntropy(), Overflow(at=30))   # the very last update of the run
+    with pytest.raises(FloatingPointError, match=r'after epoch 3/3'):
+        model.fit(x, y, epochs=3, batch_size=32, progress=False, verbose=False)
+    assert model.history.epochs == 2
+
+
+def test_nan_loss_message_does_not_claim_broken_parameters_were_kept(data):
+    "Issue 12.7: the message said the parameters were kept when an earlier update had already made them NaN"
+    (x, y), _ = data
+    model = Model(spiral_model().net, SoftmaxCrossEntropy(), Overflow(at=3))
+    with np.errstate(invalid='ignore', over='ignore'), pytest.raises(FloatingPointError) as info:
+        model.fit(x, y, epochs=2, batch_size=32, progress=False, verbose=False)
+    message = str(info.value)
+    assert 'step 4/10' in message and 'parameters 0.w were already NaN or inf before this step' in message, message
+    assert 'keep their values' not in message
+
+
+class CtrlC(SGD):
+    "SGD that receives a real Ctrl-C (SIGINT) right after updating the first parameter in update number `at`"
+    def __init__(self, lr, at): super().__init__(lr); self.at, self.steps = at, 0
+    def step(self, params):
+        self.steps += 1
+        for i, (p, g) in enumerate(params):
+            self.update(p, g, self.state.setdefault(i, {}))
+            if self.steps == self.at and i == 0: signal.raise_signal(signal.SIGINT)
+
+
+class Halt(Exception): pass
+
+
+class HaltAfter(SGD):
+    "SGD that stops the run with an ordinary exception once update number `at` is complete"
+    def __init__(self, lr, at): super().__init__(lr); self.at, self.steps = at, 0
+    def step(self, params):
+        super().step(params); self.steps += 1
+        if self.steps == self.at: raise Halt
+
+
+@pytest.mark.parametrize('momentum', [0.0, 0.9])
+def test_ctrl_c_mid_update_leaves_a_complete_step_and_the_history(data, momentum):
+    "Issue 12.12: Ctrl-C inside the optimizer left some parameters stepped and others not, and lost the history"
+    (x, y), _ = data
+    handler = signal.getsignal(signal.SIGINT)
+    a, b = spiral_model(), spiral_model()
+    a.optimizer, b.optimizer = CtrlC(0.05, at=25), HaltAfter(0.05, at=25)
+    a.optimizer.momentum = b.optimizer.momentum = momentum
+    with pytest.raises(KeyboardInterrupt):
+        a.fit(x, y, epochs=5, batch_size=32, progress=False, verbose=False)   # 10 steps per epoch: update 25 is in epoch 3
+    with pytest.raises(Halt):
+        b.fit(x, y, epochs=5, batch_size=32, progress=False, verbose=False)
+    for k in a.net.params: assert np.array_equal(a.net.params[k], b.net.params[k]), k   # every parameter took update 25
+    for i in b.optimizer.state:
+        for key in b.optimizer.state[i]: assert np.array_equal(a.optimizer.state[i][key], b.optimizer.state[i][key])
+    assert a.history.epochs == 2 and a.history['loss'] == b.history['loss']
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_ctrl_c_in_train_step_is_delivered_after_the_update(data):
+    (x, y), _ = data
+    a, b = spiral_model(), spiral_model()
+    a.optimizer, b.optimizer = CtrlC(0.05, at=1), SGD(0.05)
+    with pytest.raises(KeyboardInterrupt):
+        a.train_step(x[:32], y[:32])
+    b.train_step(x[:32], y[:32])
+    for k in a.net.params: assert np.array_equal(a.net.params[k], b.net.params[k]), k
+
+
+def test_fit_reshuffles_every_epoch(data):
+    "Issue 12.14: re-seeding the generator every epoch (the same order each time) passed the whole suite"
+    class OrderSpy(Layer):
+        def __init__(self): super().__init__(); self.seen = []
+        def forward(self, x):
+            if self.training: self.seen.append(x[:, 0].astype(int))
+            return x
+        def backward(self, grad): return grad
+    spy = OrderSpy()
+    model = Model(Net([spy, Dense(1, 3, rng=0)]), SoftmaxCrossEntropy(), SGD(0.01))
+    model.fit(np.arange(90, dtype=np.float32)[:, None], np.zeros(90, np.int64), epochs=4, batch_size=25, seed=7, progress=False, verbose=False)
+    orders = np.concatenate(spy.seen).reshape(4, 90)
+    assert all(sorted(o) == list(range(90)) for o in orders)          # each epoch sees every example once
+    assert len({tuple(o) for o in orders}) == 4                       # and in a new order
+    rng = np.random.default_rng(7)
+    assert np.array_equal(orders, [rng.permutation(90) for _ in range(4)])  # one generator, one permutation per epoch
+    spy.seen = []
+    model.fit(np.arange(90, dtype=np.float32)[:, None], np.zeros(90, np.int64), epochs=2, batch_size=25, shuffle=False, progress=False, verbose=False)
+    assert np.array_equal(np.concatenate(spy.seen), np.tile(np.arange(90), 2))
+
+
+def _conv_checkpoint_meta(layers):
+    return {'format': 'tinynn-book checkpoint', 'version': 2,
+            'net': {'class': 'Net', 'module': 'tinynn_book.model', 'config': {'layers': layers}},
+            'loss': {'class': 'SoftmaxCrossEntropy', 'config': {}}, 'optimizer': {'class': 'Adam', 'config': {}}}
+
+
+def test_internal_classes_are_refused_when_loading(checkpoint):
+    "Issue 12.10: a checkpoint naming _Pool2D loaded into a model whose layer cannot compute anything"
+    import tinynn_book.conv  # noqa: F401  (defines _Pool2D)
+    meta = _conv_checkpoint_meta([{'class': '_Pool2D', 'module': 'tinynn_book.conv', 'config': {'kernel_size': 2}}])
+    rewrite(checkpoint, lambda a: (a.clear(), a.update({'__model__': np.frombuffer(json.dumps(meta).encode(), np.uint8)})))
+    with pytest.raises(ValueError, match=r"model.npz.*Layer class '_Pool2D' is internal to its module"):
+        Model.load(checkpoint)
+
+
+@pytest.mark.parametrize('config, message', [
+    ({'in_channels': 0, 'out_channels': 3, 'kernel_size': 3}, 'Conv2D expected in_channels to be a positive integer'),
+    ({'in_channels': 1, 'out_channels': 3, 'kernel_size': 3, 'stride': -1}, 'Conv2D expected stride'),
+    ({'in_channels': 1, 'out_channels': 'x', 'kernel_size': 3}, 'Conv2D expected out_channels'),
+])
+def test_bad_conv_configs_are_value_errors(checkpoint, config, message):
+    meta = _conv_checkpoint_meta([{'class': 'Conv2D', 'module': 'tinynn_book.conv', 'config': config}])
+    rewrite(checkpoint, lambda a: (a.clear(), a.update({'__model__': np.frombuffer(json.dumps(meta).encode(), np.uint8)})))
+    with pytest.raises(ValueError, match=f'model.npz.*{message}'):
+        Model.load(checkpoint)
+
+
+def test_huge_conv_description_is_refused_before_building(checkpoint):
+    "Issue 12.1: a few hundred bytes describing Conv2D(2000, 2000, 5) allocated 400 MB before any array was checked"
+    meta = _conv_checkpoint_meta([{'class': 'Conv2D', 'module': 'tinynn_book.conv', 'dtype': 'float32',
+                                   'config': {'in_channels': 2000, 'out_channels': 2000, 'kernel_size': 5}}])
+    rewrite(checkpoint, lambda a: (a.clear(), a.update({'__model__': np.frombuffer(json.dumps(meta).encode(), np.uint8)})))
+    out, peak = _peak_rss_mb(f"""
+import tracemalloc; tracemalloc.start()
+from tinynn_book.model import Model
+try: Model.load({str(checkpoint)!r})
+except ValueError as e: print('ERROR', e)
+print('TRACED', tracemalloc.get_traced_memory()[1] / 1e6)
+""")
+    assert 'ERROR' in out and 'refused before building it' in out, out
+    traced = float(out.split('TRACED')[-1].split()[0])
+    assert traced < 50, f'{traced:.0f} MB allocated'   # the layer alone is 400 MB as float32
+
+
+def test_subclass_with_its_own_config_is_not_judged_by_an_inherited_param_shapes(tmp_path):
+    "Only a class's own param_shapes is trusted: a subclass of Conv2D with another config still round-trips"
+    from tinynn_book.conv import Conv2D, Flatten
+    class SameConv(Conv2D):
+        def __init__(self, channels): super().__init__(channels, channels, 3, padding=1, rng=0); self.channels = channels
+        def config(self): return dict(channels=self.channels)
+    model = Model(Net([SameConv(2), Flatten(), Dense(2 * 4 * 4, 3, rng=1)]), SoftmaxCrossEntropy(), Adam())
+    x = np.random.default_rng(0).normal(size=(5, 2, 4, 4)).astype(np.float32)
+    loaded = Model.load(model.save(tmp_path / 'same.npz'))
+    assert type(loaded.net[0]) is SameConv and np.array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_huge_dense_description_is_refused_before_building(checkpoint):
+    "Issue 12.1 as filed: a few hundred bytes describing Dense(20000, 20000) cost 4.6 GB before 'missing 0.w'"
+    meta = _conv_checkpoint_meta([{'class': 'Dense', 'module': 'tinynn_book.layers', 'dtype': 'float32',
+                                   'config': {'num_in': 20000, 'num_out': 20000}}])
+    rewrite(checkpoint, lambda a: (a.clear(), a.update({'__model__': np.frombuffer(json.dumps(meta).encode(), np.uint8)})))
+    out, peak = _peak_rss_mb(f"""
+import tracemalloc; tracemalloc.start()
+from tinynn_book.model import Model
+try: Model.load({str(checkpoint)!r})
+except ValueError as e: print('ERROR', e)
+print('TRACED', tracemalloc.get_traced_memory()[1] / 1e6)
+""")
+    assert 'ERROR' in out and 'refused before building it' in out, out
+    traced = float(out.split('TRACED')[-1].split()[0])
+    assert traced < 50, f'{traced:.0f} MB allocated'   # the layer alone is 1.6 GB as float32

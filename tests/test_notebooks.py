@@ -5,7 +5,8 @@ from nbdev.config import get_config
 from nbdev.test import test_nb as run_notebook  # renamed so pytest does not collect it
 
 NBS = Path(__file__).resolve().parent.parent/'nbs'
-NOTEBOOKS = sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + [NBS/'index.ipynb']  # the front page's quick start runs too
+# the chapters, the appendix (the command) and the front page, whose quick start runs too
+NOTEBOOKS = sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + sorted(NBS.glob('cli.ipynb')) + [NBS/'index.ipynb']
 
 def test_found_the_chapters(): assert len(NOTEBOOKS) >= 8, NOTEBOOKS
 

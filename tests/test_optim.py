@@ -22,6 +22,9 @@ HAND = {
     'momentum': (SGD(0.1, momentum=0.9), [1.8, 1.8 - 0.1 * (0.9 * 2 + 1.8)]),
     'nesterov': (SGD(0.1, momentum=0.9, nesterov=True), [1.62, 1.62 - 0.1 * (1.62 + 0.9 * (0.9 * 2 + 1.62))]),
     'sgd_weight_decay': (SGD(0.1, weight_decay=0.5), [1.7, 1.445]),
+    # Nesterov and weight decay together: g' = θ + 0.1 θ feeds both the buffer v and the look-ahead term g' + μ v
+    'nesterov_weight_decay': (SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+                              [2 - 0.1 * (2.2 + 0.9 * 2.2), 1.582 - 0.1 * (1.1 * 1.582 + 0.9 * (0.9 * 2.2 + 1.1 * 1.582))]),
     'adagrad': (AdaGrad(0.1, eps=0.0), [1.9, 1.9 - 0.1 * 1.9 / math.sqrt(4 + 1.9**2)]),
     'rmsprop': (RMSProp(0.01, eps=0.0), [1.9, 1.9 - 0.01 * 1.9 / math.sqrt(0.99 * 0.04 + 0.01 * 1.9**2)]),
     'rmsprop_momentum': (RMSProp(0.01, momentum=0.5, eps=0.0), [1.9, 1.9 - 0.01 * (0.5 * 10 + 1.9 / math.sqrt(0.0757))]),
@@ -115,6 +118,23 @@ def test_adamw_defaults_and_decoupling():
         return p[0]
     assert path(Adam(1e-3, weight_decay=0.1, eps=0.0)) == pytest.approx(path(Adam(1e-3, weight_decay=1.0, eps=0.0)), abs=1e-12)
     assert path(AdamW(1e-3, weight_decay=1.0)) == pytest.approx((1 - 1e-3)**200, rel=1e-9)
+
+
+def test_l2_in_adam_depends_on_gradient_scale_adamw_does_not():
+    # Weights started at 1 with pure-noise loss gradients of scale σ (the same noise, scaled), 1000 steps at lr 1e-3.
+    # AdamW removes the same fraction of every weight, like SGD's L2 penalty; Adam + L2 decays quiet weights far more
+    # than noisy ones, and only λ/σ matters.
+    sigmas = np.array([0.0, 0.1, 1.0])[:, None]
+    def left(opt, n=200, steps=1000):
+        rng, p = np.random.default_rng(0), np.ones((3, n))
+        for _ in range(steps): opt.step([(p, sigmas * rng.normal(size=(1, n)))])
+        return p.mean(axis=1)
+    np.testing.assert_allclose(left(AdamW(1e-3, weight_decay=0.1)), (1 - 1e-4)**1000, atol=0.01)
+    np.testing.assert_allclose(left(SGD(1e-3, weight_decay=0.1)), (1 - 1e-4)**1000, atol=0.01)
+    adam_l2 = left(Adam(1e-3, weight_decay=0.1))
+    assert adam_l2[0] < adam_l2[1] < adam_l2[2]
+    assert adam_l2[2] - adam_l2[0] > 0.5
+    assert left(Adam(1e-3, weight_decay=1.0))[2] == pytest.approx(adam_l2[1], abs=1e-6)
 
 
 def test_schedules_at_chosen_steps():

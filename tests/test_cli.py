@@ -1,0 +1,231 @@
+"The tinynn-mnist command (tinynn_book.cli) from the outside: as the installed script, offline, on the bundled sample."
+import os, shutil, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+from tinynn_book.mnist import load_mnist
+
+def _command(*args, env=None):
+    exe = shutil.which('tinynn-mnist')
+    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from tinynn_book.cli import main; sys.exit(main())']
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=600)
+
+def _offline_env(tmp_path):
+    "A fresh user: no data variable, an empty home and cache"
+    env = {k: v for k, v in os.environ.items() if k != 'TINYNN_BOOK_DATA'}
+    env.update(HOME=str(tmp_path/'home'), XDG_CACHE_HOME=str(tmp_path/'cache'))
+    env.pop('MPLBACKEND', None)  # the command must pick a non-interactive backend itself
+    return env
+
+def test_entry_point_is_the_cli_module():
+    from importlib.metadata import entry_points
+    scripts = {e.name: e.value for e in entry_points(group='console_scripts')}
+    assert scripts.get('tinynn-mnist') == 'tinynn_book.cli:main'
+
+def test_command_on_sample_writes_checkpoint_and_plot(tmp_path):
+    ckpt, png = tmp_path/'m.npz', tmp_path/'c.png'
+    r = _command('--sample', '--epochs', '1', '--save', str(ckpt), '--plot', str(png), env=_offline_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('test accuracy') == 1 and 'Dense' in r.stdout
+    assert '5500 training, 500 validation and 1000 test images' in r.stdout
+    assert png.read_bytes()[:4] == b'\x89PNG'
+    from tinynn_book.model import Model
+    _, (xt, yt) = load_mnist(sample=True)
+    assert Model.load(ckpt).evaluate(xt, yt)['accuracy'] >= 0.75  # the checkpoint is the trained MLP
+
+def test_command_bad_arguments_exit_2(tmp_path):
+    for bad in (['--epochs', '0'], ['--model', 'vgg'], ['--batch-size', 'x'], ['--sample', '--data', str(tmp_path)],
+                ['--dropout', '1.5'], ['--dropout', '-0.1'], ['--val-size', '-1'], ['--sample', '--val-size', '6000']):
+        r = _command(*bad, env=_offline_env(tmp_path))
+        assert r.returncode == 2 and 'error' in r.stderr, (bad, r.stderr)
+
+def test_command_missing_data_exit_1(tmp_path):
+    r = _command('--data', str(tmp_path), '--epochs', '1', env=_offline_env(tmp_path))
+    assert r.returncode == 1 and 'MNIST not found' in r.stderr and 'TINYNN_BOOK_DATA' in r.stderr, r.stderr
+
+def _run(*argv):
+    import contextlib, io
+    from tinynn_book.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out): code = main(list(argv))
+    return code, out.getvalue()
+
+def test_val_size_zero_trains_on_everything():
+    code, out = _run('--sample', '--epochs', '1', '--no-progress', '--val-size', '0')
+    assert code == 0 and '6000 training, 0 validation' in out and 'val_accuracy' not in out
+
+def test_default_options_build_the_plain_recipe():
+    "No --dropout, no --batchnorm: the model is make_model's, weight for weight"
+    from tinynn_book import cli, mnist
+    assert cli._net_options('mlp') == {} and cli._net_options('lenet', 0.0, False, 3) == {}
+    args = cli._parser().parse_args([])
+    assert (args.weight_decay, args.shift, args.schedule, args.dropout, args.batchnorm, args.val_size) == (mnist.WEIGHT_DECAY, 1, 'cosine', 0.0, False, None)
+    a = mnist.make_model('lenet', seed=0, **cli._net_options('lenet'))
+    b = mnist.make_model('lenet', seed=0)
+    for k in b.net.params: np.testing.assert_array_equal(a.net.params[k], b.net.params[k])
+
+@pytest.mark.parametrize('model, norms', [('mlp', ['BatchNorm1d'] * 2), ('lenet', ['BatchNorm2d'] * 2 + ['BatchNorm1d'] * 2)])
+def test_dropout_and_batchnorm_options(model, norms):
+    pytest.importorskip('tinynn_book.regularization')
+    from tinynn_book import cli, mnist
+    net = mnist.make_model(model, seed=0, **cli._net_options(model, 0.5, True, 0)).net
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert [k for k in kinds if k.startswith('BatchNorm')] == norms and kinds.count('Dropout') == 2
+    plain = mnist.make_model(model, seed=0).net  # the injected layers draw no numbers from the weights' generator
+    weights = lambda n: [v for k, v in n.params.items() if k.endswith(('.w', '.b'))]
+    for a, b in zip(weights(net), weights(plain)): np.testing.assert_array_equal(a, b)
+    code, out = _run('--sample', '--model', model, '--epochs', '1', '--no-progress', '--dropout', '0.5', '--batchnorm', '--val-size', '5000')
+    assert code == 0 and 'dropout 0.5, batch norm' in out and out.count('test accuracy') == 1
+
+# --- issue 12: arguments checked before any data is loaded, outputs that cannot be written, Ctrl-C, memory ---------
+
+def _run_both(*argv):
+    "main(argv) in this process: (exit code, stdout, stderr); a SystemExit from argparse becomes its code"
+    import contextlib, io
+    from tinynn_book.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main(list(argv))
+        except SystemExit as e: code = e.code
+        except KeyboardInterrupt: code = 'KeyboardInterrupt escaped main'  # fail this test, not the whole session
+    return code, out.getvalue(), err.getvalue()
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    "Fail the test if the command gets as far as loading data"
+    from tinynn_book import cli
+    monkeypatch.setattr(cli, 'load_mnist', lambda *a, **k: pytest.fail('loaded data before refusing the arguments'))
+
+@pytest.mark.parametrize('bad, message', [
+    (['--lr', 'inf'], 'expected a finite number > 0'), (['--lr', 'nan'], 'expected a finite number > 0'),
+    (['--weight-decay', 'nan'], 'expected a finite number >= 0'), (['--weight-decay', 'inf'], 'expected a finite number >= 0'),
+    (['--seed', '-1'], 'expected an integer >= 0'), (['--dropout', '1'], 'a probability in [0, 1)'),
+    (['--dropout', 'nan'], 'a probability in [0, 1)'), (['--save', ''], "expected a non-empty name, got ''"),
+    (['--plot', ''], "expected a non-empty name, got ''"), (['--data', ''], "expected a non-empty name, got ''"),
+])
+def test_bad_arguments_are_refused_before_any_data_loads(no_loading, bad, message):
+    "Issue 12.11: --lr inf, --weight-decay nan and --seed -1 failed only after loading (or trained on), --save '' saved nothing"
+    code, out, err = _run_both('--sample', *bad) if '--data' not in bad else _run_both(*bad)
+    assert code == 2 and message in err, (bad, err)
+
+def _unwritable_dirs(tmp_path):
+    "Directories this process cannot create files in: a read-only one (not for root) and /sys where it is read-only"
+    import tempfile
+    dirs = []
+    if os.geteuid() != 0:
+        ro = tmp_path/'read-only'; ro.mkdir(); ro.chmod(0o500); dirs.append(ro)
+    try:
+        with tempfile.TemporaryFile(dir='/sys'): pass
+    except OSError: dirs.append(Path('/sys'))
+    return dirs
+
+def test_unwritable_outputs_are_refused_before_any_data_loads(tmp_path, no_loading):
+    "Issue 12.11: --save into a read-only directory was found only when training was over, with a traceback"
+    dirs = _unwritable_dirs(tmp_path)
+    if not dirs: pytest.skip('no unwritable directory available to this process')
+    for d in dirs:
+        for opt, name in (('--save', 'model.npz'), ('--plot', 'curves.png')):
+            code, out, err = _run_both('--sample', opt, str(d/name))
+            assert code == 2 and f'argument {opt}: cannot write in {d}' in err, (d, opt, err)
+    code, out, err = _run_both('--sample', '--save', str(tmp_path))
+    assert code == 2 and 'is a directory' in err, err
+    code, out, err = _run_both('--sample', '--plot', str(tmp_path/'missing'/'curves.png'))
+    assert code == 2 and 'missing does not exist' in err, err
+
+def test_the_write_check_leaves_nothing_behind(tmp_path):
+    out_dir = tmp_path/'out'; out_dir.mkdir()
+    code, out, err = _run_both('--data', str(tmp_path/'no-data'), '--save', str(out_dir/'m.npz'), '--plot', str(out_dir/'c.png'))
+    assert code == 1 and 'MNIST not found' in err, err   # got past the checks, then found no data
+    assert os.listdir(out_dir) == []
+
+def test_a_final_write_that_fails_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    "Issue 12.11: if the write still fails after training (a full disk), say so in one line and exit non-zero"
+    import errno
+    from tinynn_book.model import Model
+    def full_disk(self, path): raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+    monkeypatch.setattr(Model, 'save', full_disk)
+    code, out, err = _run_both('--sample', '--epochs', '1', '--val-size', '5000', '--no-progress',
+                               '--save', str(tmp_path/'m.npz'), '--plot', str(tmp_path/'c.png'))
+    assert code == 1 and err.count('\n') == 1 and 'could not write the checkpoint' in err and 'No space left' in err, err
+    assert (tmp_path/'c.png').read_bytes()[:4] == b'\x89PNG' and 'curves:' in out   # the other output is still written
+
+def _interrupt_at(monkeypatch, step_number):
+    "Make the `step_number`-th training step raise KeyboardInterrupt after its update, as fit delivers a Ctrl-C"
+    from tinynn_book.model import Model
+    real_step, steps = Model._step, []
+    def step(self, x, y):
+        result = real_step(self, x, y); steps.append(1)
+        if len(steps) == step_number: raise KeyboardInterrupt
+        return result
+    monkeypatch.setattr(Model, '_step', step)
+
+COMMON = ['--sample', '--val-size', '5000', '--schedule', 'constant', '--no-progress']  # 1000 training images: 8 steps per epoch
+
+def test_ctrl_c_writes_the_last_completed_epoch_and_exits_130(tmp_path, monkeypatch):
+    "Issue 12.12: Ctrl-C lost the trained model; now the checkpoint is the weights of the last completed epoch"
+    from tinynn_book.model import Model
+    assert _run_both(*COMMON, '--epochs', '1', '--save', str(tmp_path/'one.npz'))[0] == 0
+    _interrupt_at(monkeypatch, 8 + 3)   # three steps into epoch 2
+    code, out, err = _run_both(*COMMON, '--epochs', '3', '--save', str(tmp_path/'cut.npz'), '--plot', str(tmp_path/'cut.png'))
+    assert code == 130 and err == 'tinynn-mnist: interrupted after 1 of 3 epochs\n', err
+    assert f'checkpoint of epoch 1: {tmp_path/"cut.npz"}' in out and 'test accuracy' not in out
+    one, cut = Model.load(tmp_path/'one.npz'), Model.load(tmp_path/'cut.npz')
+    for k in one.net.params: np.testing.assert_array_equal(cut.net.params[k], one.net.params[k])   # not half of epoch 2
+    assert (tmp_path/'cut.png').read_bytes()[:4] == b'\x89PNG'
+
+def test_ctrl_c_in_the_first_epoch_or_without_save(tmp_path, monkeypatch):
+    _interrupt_at(monkeypatch, 3)
+    code, out, err = _run_both(*COMMON, '--epochs', '2', '--save', str(tmp_path/'m.npz'))
+    assert code == 130 and 'no epoch completed, so no checkpoint' in err and not (tmp_path/'m.npz').exists(), err
+    assert os.listdir(tmp_path) == []
+    _interrupt_at(monkeypatch, 8 + 1)
+    code, out, err = _run_both(*COMMON, '--epochs', '2')
+    assert code == 130 and err == 'tinynn-mnist: interrupted after 1 of 2 epochs\n', err
+
+def test_a_real_sigint_saves_and_exits_130(tmp_path):
+    "The installed command, interrupted with SIGINT (what Ctrl-C sends) in its second epoch or later"
+    import signal, time
+    from tinynn_book.model import Model
+    exe = shutil.which('tinynn-mnist')
+    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from tinynn_book.cli import main; sys.exit(main())']
+    env = dict(_offline_env(tmp_path), PYTHONUNBUFFERED='1')
+    ckpt = tmp_path/'m.npz'
+    proc = subprocess.Popen(cmd + COMMON + ['--epochs', '1000', '--save', str(ckpt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:   # wait until epoch 2 has ended: epoch 1's copy is surely made
+            if line.split('/')[0].split() == ['epoch', '2'] or time.monotonic() > deadline: break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
+    assert 'checkpoint of epoch' in out and Model.load(ckpt).net.params
+
+def test_memory_error_in_the_command_is_one_line(tmp_path):
+    "Issue 12.5: a data file asking for more memory than there is ended the command with a MemoryError traceback"
+    import gzip
+    d = tmp_path/'data'; d.mkdir()
+    rng = np.random.default_rng(0)
+    def idx(a): return bytes([0, 0, 0x08, a.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in a.shape) + a.tobytes()
+    for name, a in (('train-labels-idx1-ubyte', np.zeros(10, np.uint8)), ('t10k-images-idx3-ubyte', rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)),
+                    ('t10k-labels-idx1-ubyte', np.zeros(10, np.uint8))):
+        (d/(name + '.gz')).write_bytes(gzip.compress(idx(a)))
+    with gzip.open(d/'train-images-idx3-ubyte.gz', 'wb') as f:   # 314 MB of zeros, as its header promises
+        f.write(bytes([0, 0, 0x08, 3]) + b''.join(int(n).to_bytes(4, 'big') for n in (400_000, 28, 28)))
+        for _ in range(400_000 * 784 >> 20): f.write(bytes(1 << 20))
+        f.write(bytes(400_000 * 784 % (1 << 20)))
+    import tinynn_book
+    code = f"""
+import re, resource, sys
+from tinynn_book.cli import main
+vm = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 150 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.exit(main(['--data', {str(d)!r}, '--epochs', '1', '--no-progress']))
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(tinynn_book.__file__).parent.parent), OPENBLAS_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.count('\n') == 1 and 'tinynn-mnist: error:' in r.stderr and 'more memory than is available' in r.stderr, r.stderr
