@@ -52,7 +52,7 @@ def _parser():
     p.add_argument('--save', type=_name, metavar='CKPT', help='write the trained model here (.npz)')
     p.add_argument('--plot', type=_name, metavar='PNG', help='write the training curves here')
     p.add_argument('--seed', type=_non_negative_int, default=0, help='seed for initial weights, shifts, dropout and shuffling (default: 0)')
-    p.add_argument('--no-progress', action='store_true', help='no progress bar (one line per epoch)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (one line per epoch); there is none either when stderr is not a terminal')
     return p
 
 # %% ../nbs/cli.ipynb #cli009
@@ -139,7 +139,7 @@ def _train_and_report(p, args):
     title, last = f"{args.model}, {len(x_train) - val_size} training images", _LastEpoch()
     try:
         history = train_mnist(model, (x_train, y_train), args.epochs, args.batch_size, args.schedule, args.seed,
-                              progress=not args.no_progress, val_size=val_size, callbacks=[last])
+                              progress=not args.no_progress and sys.stderr.isatty(), val_size=val_size, callbacks=[last])
         print(f"test accuracy: {100 * model.evaluate(x_test, y_test)['accuracy']:.2f} %")
     except KeyboardInterrupt: return _interrupted(model, last, args, title)
     return 0 if _write_outputs(model, history, args, title) else 1
