@@ -65,13 +65,20 @@ class Net(Layer):
 
 # %% ../nbs/05_model.ipynb #19f3acdd
 @patch
-def __len__(self:Net): return len(self.layers)
+def __len__(self:Net):
+    "The number of layers"
+    return len(self.layers)
 @patch
-def __getitem__(self:Net, i): return self.layers[i]
+def __getitem__(self:Net, i):
+    "Layer `i`, as in a list"
+    return self.layers[i]
 @patch
-def __iter__(self:Net): return iter(self.layers)
+def __iter__(self:Net):
+    "The layers, first to last"
+    return iter(self.layers)
 @patch
 def __repr__(self:Net):
+    "One numbered line per layer, nested nets indented"
     lines = [f'  ({i}): ' + repr(layer).replace('\n', '\n  ') for i, layer in enumerate(self.layers)]
     return 'Net(\n' + '\n'.join(lines) + '\n)'
 
@@ -84,7 +91,9 @@ def train(self:Net, mode=True): # False is evaluation mode
         else: layer.training = mode
     return self
 @patch
-def eval(self:Net): return self.train(False)
+def eval(self:Net):
+    "Evaluation mode: `train(False)`"
+    return self.train(False)
 
 @patch
 def astype(self:Net, dtype):
@@ -476,9 +485,13 @@ def _check_planned(cls, spec, budget):
                             "far more than the file holds (refused before building it)")
 
 @patch
-def config(self:Net): return {'layers': [describe(layer) for layer in self.layers]}
+def config(self:Net):
+    "The layers' descriptions, in order, so a checkpoint can rebuild the net"
+    return {'layers': [describe(layer) for layer in self.layers]}
 @patch(cls_method=True)
-def from_config(cls:Net, config): return cls([rebuild(Layer, spec) for spec in config['layers']])
+def from_config(cls:Net, config):
+    "The net a `config()` describes, each layer rebuilt by `rebuild`"
+    return cls([rebuild(Layer, spec) for spec in config['layers']])
 
 # %% ../nbs/05_model.ipynb #8497debe
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_KEY = 'tinynn-book checkpoint', 2, '__model__'
