@@ -117,8 +117,11 @@ def test_bad_input():
         LayerNorm(4)(np.ones((2, 5)))
     for p in (1, 1.0, -0.1, 2, None):
         with pytest.raises(ValueError, match=r'Dropout expected a probability p in \[0, 1\)'): Dropout(p)
-    for bad in (dict(num_features=0), dict(num_features=3, eps=0), dict(num_features=3, momentum=-0.1)):
+    for bad in (dict(num_features=0), dict(num_features=3, eps=0), dict(num_features=3, momentum=-0.1),
+                dict(num_features=3, eps=float('inf')), dict(num_features=3, momentum=float('nan')), dict(num_features=True)):
         with pytest.raises(ValueError, match='BatchNorm1d expected'): BatchNorm1d(**bad)
+    for eps in (0, float('inf'), float('nan'), 'x'):   # issue 12.10: eps=inf made every output 0, silently
+        with pytest.raises(ValueError, match='LayerNorm expected eps'): LayerNorm(4, eps=eps)
     bn = BatchNorm1d(3); bn.training = False
     assert bn(np.ones((1, 3))).shape == (1, 3)  # evaluation mode takes a single example
 

@@ -59,11 +59,9 @@ def normalize_backward(grad, # dL/dx̂, shaped like x
 # %% ../nbs/07_regularization.ipynb #4a9ea499
 #| code-fold: true
 def _check_hyper(name, num_features, eps, momentum):
-    "ValueError naming the layer unless num_features is a positive int, eps > 0 and momentum in [0, 1]"
-    if not (isinstance(num_features, (int, np.integer)) and not isinstance(num_features, bool) and num_features >= 1):
-        raise ValueError(f"{name} expected a positive integer num_features, got {num_features!r}")
-    if not (isinstance(eps, (int, float, np.floating)) and eps > 0): raise ValueError(f"{name} expected eps > 0, got {eps!r}")
-    if not (isinstance(momentum, (int, float, np.floating)) and 0 <= momentum <= 1):
+    "ValueError naming the layer unless num_features is a positive int, eps a finite number > 0 and momentum in [0, 1]"
+    check_arg(num_features, 'num_features', name); check_arg(eps, 'eps', name, 'positive')
+    if not 0 <= check_arg(momentum, 'momentum', name, 'number') <= 1:
         raise ValueError(f"{name} expected momentum in [0, 1], got {momentum!r}")
 
 # %% ../nbs/07_regularization.ipynb #67e34fcf
@@ -146,7 +144,7 @@ class LayerNorm(Layer):
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
         if not shape or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape):
             raise ValueError(f"LayerNorm expected normalized_shape to be a positive int or a tuple of them, got {normalized_shape!r}")
-        if not (isinstance(eps, (int, float, np.floating)) and eps > 0): raise ValueError(f"LayerNorm expected eps > 0, got {eps!r}")
+        check_arg(eps, 'eps', 'LayerNorm', 'positive')
         self.normalized_shape, self.eps = tuple(int(n) for n in shape), float(eps)
         self.axes = tuple(range(-len(shape), 0))   # the last len(shape) axes
         self.params = {'gamma': np.ones(shape, dtype), 'beta': np.zeros(shape, dtype)}
