@@ -1,6 +1,8 @@
-"""Forward + backward time of tinynn_book's Conv2D and MaxPool2D against PyTorch's CPU conv2d and max_pool2d at LeNet shapes.
+"""Forward + backward time of tinynn_book's Conv2D and MaxPool2D against PyTorch's CPU conv2d and max_pool2d at LeNet and ResNet shapes.
 
-Run: python bench/bench_conv.py [--repeats 15] [--threads 2] [--batch 128] [--settle 0.15]
+Run: python bench/bench_conv.py [--shapes lenet,resnet] [--repeats 15] [--threads 2] [--batch 128] [--settle 0.15]
+--shapes lenet: LeNet-5's two convolutions and two poolings; resnet: 3x3 convolutions with padding 1 at the shapes
+of chapter 9's ResNet stages, and 32->64 and 64->64 channels at 14x14 and 7x7.
 float32 throughout; both libraries get the same number of threads; the two are interleaved (alternating which
 goes first, with a short pause before each round so one library's spinning worker threads do not slow the
 other's) and the table shows medians. PyTorch is optional: without it only our numbers are printed.
@@ -14,6 +16,7 @@ def parse_args():
     p.add_argument('--inner', type=int, default=3, help='calls per timed round')
     p.add_argument('--threads', type=int, default=2, help='threads for OpenBLAS (numpy) and for torch')
     p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--shapes', default='lenet', help="comma-separated: lenet, resnet")
     p.add_argument('--settle', type=float, default=0.15,
                    help="seconds to pause before each timed round, so the other library's idle threads (OpenBLAS and "
                         "OpenMP both spin for a while after a parallel call) stop competing for the cores")
@@ -33,13 +36,21 @@ try:
 except ImportError:
     torch = None
 
-def cases(N, rng):
-    "(name, ours, theirs or None) for each LeNet layer: closures that run one forward + backward"
+CONVS = {'lenet': [('Conv2D 1->6 5x5 pad 2, 28x28', 1, 28, 6, 5, 1, 2, False),
+                   ('Conv2D 6->16 5x5, 14x14', 6, 14, 16, 5, 1, 0, True)],
+         'resnet': [('Conv2D 24->24 3x3 pad 1, 14x14', 24, 14, 24, 3, 1, 1, True),       # chapter 9's ResNet, stage 1
+                    ('Conv2D 24->48 3x3 s2 pad 1, 14x14', 24, 14, 48, 3, 2, 1, True),    # stage 2's first convolution
+                    ('Conv2D 48->48 3x3 pad 1, 7x7', 48, 7, 48, 3, 1, 1, True),          # stage 2's second
+                    ('Conv2D 32->64 3x3 pad 1, 14x14', 32, 14, 64, 3, 1, 1, True),       # the shapes issue 10 names
+                    ('Conv2D 64->64 3x3 pad 1, 7x7', 64, 7, 64, 3, 1, 1, True)]}
+POOLS = {'lenet': [(6, 28), (16, 10)], 'resnet': [(24, 28)]}
+
+def cases(N, rng, shapes):
+    "(name, ours, theirs or None) for each layer of the chosen shapes: closures that run one forward + backward"
     out = []
-    for name, C, H, Fo, pad, input_grad in [('Conv2D 1->6 5x5 pad 2, 28x28', 1, 28, 6, 2, False),
-                                            ('Conv2D 6->16 5x5, 14x14', 6, 14, 16, 0, True)]:
+    for name, C, H, Fo, k, stride, pad, input_grad in [c for s in shapes for c in CONVS[s]]:
         x = rng.standard_normal((N, C, H, H), dtype=np.float32)
-        conv = Conv2D(C, Fo, 5, padding=pad, rng=0)
+        conv = Conv2D(C, Fo, k, stride=stride, padding=pad, rng=0)
         conv.needs_input_grad = input_grad   # LeNet's first conv never needs the image's gradient; neither does torch's
         g = rng.standard_normal(conv(x).shape, dtype=np.float32)
         def ours(conv=conv, x=x, g=g): conv.forward(x); conv.backward(g)
@@ -48,10 +59,10 @@ def cases(N, rng):
             xt = torch.from_numpy(x).requires_grad_(input_grad)
             wt, bt = torch.from_numpy(conv.params['w'].copy()).requires_grad_(), torch.zeros(Fo, requires_grad=True)
             gt, inputs = torch.from_numpy(g), ((xt,) if input_grad else ()) + (wt, bt)
-            def theirs(xt=xt, wt=wt, bt=bt, gt=gt, inputs=inputs, pad=pad):
-                torch.autograd.grad(F.conv2d(xt, wt, bt, padding=pad), inputs, gt)
+            def theirs(xt=xt, wt=wt, bt=bt, gt=gt, inputs=inputs, pad=pad, stride=stride):
+                torch.autograd.grad(F.conv2d(xt, wt, bt, stride=stride, padding=pad), inputs, gt)
         out.append((name, ours, theirs))
-    for C, H in [(6, 28), (16, 10)]:
+    for C, H in [c for s in shapes for c in POOLS[s]]:
         x = np.maximum(rng.standard_normal((N, C, H, H), dtype=np.float32), 0)   # after a ReLU: many ties at 0
         pool = MaxPool2D(2)
         g = rng.standard_normal(pool(x).shape, dtype=np.float32)
@@ -72,7 +83,7 @@ def main():
     print(f'numpy {np.__version__}, torch {torch.__version__ if torch else "not installed (our numbers only)"}, '
           f'threads {args.threads}, batch {args.batch}, float32, cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}')
     rows = []
-    for name, ours, theirs in cases(args.batch, np.random.default_rng(0)):
+    for name, ours, theirs in cases(args.batch, np.random.default_rng(0), args.shapes.split(',')):
         fns = [ours] + ([theirs] if theirs else [])
         for f in fns: f(); f()                         # warm-up: allocations, BLAS threads, torch's dispatch
         times = [[] for _ in fns]

@@ -1,10 +1,10 @@
-"""Training speed of the MNIST MLP and LeNet-5: tinynn-book against PyTorch on the CPU, in the same run.
+"""Training speed of the MNIST MLP, LeNet-5 and chapter 9's ResNet: tinynn-book against PyTorch on the CPU, in the same run.
 
-Both frameworks train the identical bare architecture (tinynn_book.mnist.mlp / lenet: no RandomShift, no weight
-decay) with softmax cross-entropy, Adam(lr=1e-3), batch 128, float32, PyTorch on torch.set_num_threads(2). Each repeat times `--steps` training
+Both frameworks train the identical bare architecture (tinynn_book.mnist.mlp / lenet, tinynn_book.cnn.resnet: no
+RandomShift, no weight decay) with softmax cross-entropy, Adam(lr=1e-3), batch 128, float32, PyTorch on torch.set_num_threads(2). Each repeat times `--steps` training
 steps of ours, then of PyTorch's, alternating (so a noisy neighbour hurts both alike); the table gives the
 median over repeats of the seconds per step, extrapolated to seconds per epoch (469 steps = 60 000 images at
-batch 128), and the ratio ours / PyTorch. Then, in a fresh subprocess per framework, one real LeNet epoch
+batch 128), and the ratio ours / PyTorch. Then, in a fresh subprocess per framework and model (--rss-models), one real epoch
 (`fit`, 60 000 training images and evaluation on 10 000) and its peak resident set size: the kernel's peak
 mark VmHWM, reset just before the epoch (echo 5 > /proc/self/clear_refs) and read after it, so loading the
 data does not count; where that reset is not allowed, resource.getrusage(RUSAGE_SELF).ru_maxrss, which does
@@ -15,7 +15,8 @@ Each thread count (--threads, default 1 and 2: OpenBLAS for numpy, torch.set_num
 step time, and the spread (lowest-highest) of the runs, so a reader can tell the machine's noise from a difference.
 
 PyTorch is an optional benchmark dependency (pip install torch): without it only our columns are printed.
-Usage: python bench/bench_train.py [--threads 1,2] [--runs 5] [--steps 30] [--repeats 5] [--no-rss]
+Usage: python bench/bench_train.py [--models mlp,lenet,resnet] [--threads 1,2] [--runs 5] [--steps 30] [--repeats 5]
+       [--rss-models lenet,resnet] [--no-rss]
 """
 import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
 from pathlib import Path
@@ -43,12 +44,28 @@ def batches(x, y, steps, seed=0):
     return [(x[idx[i*BATCH % len(x):][:BATCH]], y[idx[i*BATCH % len(x):][:BATCH]]) for i in range(steps)]
 
 def ours(name):
+    import tinynn_book.cnn  # registers chapter 9's 'resnet' with make_model
     from tinynn_book.mnist import make_model
     model = make_model(name, LR, seed=0, weight_decay=0, max_shift=0)  # the bare architecture, as PyTorch's twin
     return lambda xb, yb: model.train_step(xb, yb)
 
+def torch_resnet():
+    "Chapter 9's ResNet (tinynn_book.cnn.resnet) in PyTorch: the same layers, shapes and parameter count (174 346)"
+    import torch, torch.nn as nn
+    class Block(nn.Module):
+        def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                                   nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out))
+            reshapes = stride != 1 or c_in != c_out
+            self.s = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out)) if reshapes else nn.Identity()
+        def forward(self, x): return torch.relu(self.f(x) + self.s(x))
+    return nn.Sequential(nn.Conv2d(1, 24, 3, 1, 1), nn.BatchNorm2d(24), nn.ReLU(), nn.MaxPool2d(2),
+                         Block(24, 24, 1), Block(24, 48, 2), Block(48, 96, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 10))
+
 def torch_net(name):
     import torch.nn as nn
+    if name == 'resnet': return torch_resnet()
     if name == 'mlp':
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 100), nn.ReLU(), nn.Linear(100, 10))
     return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
@@ -88,19 +105,20 @@ def reset_peak():
         return True
     except OSError: return False
 
-def rss_child(framework):
-    "One LeNet epoch, in this (fresh) process; prints JSON with times and memory"
+def rss_child(framework, name):
+    "One epoch of model `name`, in this (fresh) process; prints JSON with times and memory"
     (x, y), (xt, yt) = data()
     if framework == 'ours':
+        import tinynn_book.cnn  # registers 'resnet'
         from tinynn_book.mnist import make_model
-        model = make_model('lenet', LR, seed=0, weight_decay=0, max_shift=0)
+        model = make_model(name, LR, seed=0, weight_decay=0, max_shift=0)
         before, exact = status_mb('VmRSS'), reset_peak()
         t = time.perf_counter()
         model.fit(x, y, epochs=1, batch_size=BATCH, validation_data=(xt, yt), seed=0, progress=False, verbose=False)
     else:
         import torch
         torch.set_num_threads(2)
-        net, (x, y, xt) = torch_net('lenet'), (torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64)), torch.from_numpy(xt))
+        net, (x, y, xt) = torch_net(name), (torch.from_numpy(x), torch.from_numpy(np.asarray(y, np.int64)), torch.from_numpy(xt))
         opt, loss_fn = torch.optim.Adam(net.parameters(), lr=LR), torch.nn.CrossEntropyLoss()
         before, exact = status_mb('VmRSS'), reset_peak()
         t = time.perf_counter()
@@ -108,6 +126,7 @@ def rss_child(framework):
         for i in range(0, len(x), BATCH):
             idx = perm[i:i + BATCH]
             opt.zero_grad(set_to_none=True); loss_fn(net(x[idx]), y[idx]).backward(); opt.step()
+        net.eval()
         with torch.no_grad(): [net(xt[i:i + 1000]) for i in range(0, len(xt), 1000)]
     seconds = time.perf_counter() - t
     # VmHWM after a reset is the peak of the epoch alone; ru_maxrss (Linux: kB) would include loading the data
@@ -147,11 +166,13 @@ def main():
     p.add_argument('--repeats', type=int, default=5, help='interleaved repeats inside one process (median taken)')
     p.add_argument('--models', default='mlp,lenet')
     p.add_argument('--json', metavar='PATH', help='also write the raw per-run results here')
-    p.add_argument('--no-rss', action='store_true', help='skip the LeNet epoch memory measurement')
+    p.add_argument('--no-rss', action='store_true', help='skip the epoch memory measurement')
+    p.add_argument('--rss-models', default='lenet', help='models whose epoch memory is measured, comma-separated')
     p.add_argument('--rss-child', choices=['ours', 'torch'], help=argparse.SUPPRESS)
+    p.add_argument('--rss-model', help=argparse.SUPPRESS)
     p.add_argument('--child-threads', help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.rss_child: return rss_child(args.rss_child)
+    if args.rss_child: return rss_child(args.rss_child, args.rss_model)
     if args.child_threads: return child(args)
 
     try: import torch; tv = torch.__version__
@@ -184,13 +205,15 @@ def main():
     print(f"(median over {args.runs} runs, lowest-highest run in brackets; one epoch = {STEPS_PER_EPOCH} steps)")
 
     if args.no_rss: return
-    print('\nOne LeNet epoch (60 000 images + evaluation on 10 000), each framework in a fresh process, 2 threads:')
-    print('| framework | epoch s | RSS before the epoch MB | peak RSS during the epoch MB | how the peak was measured |')
-    print('| --- | ---: | ---: | ---: | --- |')
-    for fw in ['ours'] + (['torch'] if torch else []):
-        out = subprocess.run([sys.executable, __file__, '--rss-child', fw], capture_output=True, text=True)
-        if out.returncode: print(f"| {fw} | failed: {out.stderr.strip().splitlines()[-1]} | | | |"); continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {'tinynn-book' if fw == 'ours' else 'PyTorch'} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_source']} |")
+    print('\nOne epoch (60 000 images + evaluation on 10 000), each framework in a fresh process, 2 threads:')
+    print('| model | framework | epoch s | RSS before the epoch MB | peak RSS during the epoch MB | how the peak was measured |')
+    print('| --- | --- | ---: | ---: | ---: | --- |')
+    for name in args.rss_models.split(','):
+        for fw in ['ours'] + (['torch'] if torch else []):
+            out = subprocess.run([sys.executable, __file__, '--rss-child', fw, '--rss-model', name], capture_output=True, text=True)
+            if out.returncode: print(f"| {name} | {fw} | failed: {out.stderr.strip().splitlines()[-1]} | | | |"); continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"| {name} | {'tinynn-book' if fw == 'ours' else 'PyTorch'} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | "
+                  f"{r['peak_rss_mb']:.0f} | {r['peak_source']} |", flush=True)
 
 if __name__ == '__main__': main()

@@ -58,8 +58,9 @@ def test_default_options_build_the_plain_recipe():
     "No --dropout, no --batchnorm: the model is make_model's, weight for weight"
     from tinynn_book import cli, mnist
     assert cli._net_options('mlp') == {} and cli._net_options('lenet', 0.0, False, 3) == {}
-    args = cli._parser().parse_args([])
-    assert (args.weight_decay, args.shift, args.schedule, args.dropout, args.batchnorm, args.val_size) == (mnist.WEIGHT_DECAY, 1, 'cosine', 0.0, False, None)
+    p = cli._parser()
+    args = p.parse_args([]); cli._check_args(p, args)
+    assert (args.lr, args.weight_decay, args.shift, args.schedule, args.dropout, args.batchnorm, args.val_size) == (1e-3, mnist.WEIGHT_DECAY, 1, 'cosine', 0.0, False, None)
     a = mnist.make_model('lenet', seed=0, **cli._net_options('lenet'))
     b = mnist.make_model('lenet', seed=0)
     for k in b.net.params: np.testing.assert_array_equal(a.net.params[k], b.net.params[k])
@@ -229,3 +230,26 @@ sys.exit(main(['--data', {str(d)!r}, '--epochs', '1', '--no-progress']))
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert r.stderr.count('\n') == 1 and 'tinynn-mnist: error:' in r.stderr and 'more memory than is available' in r.stderr, r.stderr
+
+
+def test_resnet_takes_its_recipe_unless_told_otherwise():
+    from tinynn_book import cli
+    from tinynn_book.cnn import RESNET_RECIPE
+    p = cli._parser()
+    args = p.parse_args(['--model', 'resnet']); cli._check_args(p, args)
+    assert (args.lr, args.weight_decay, args.shift) == (RESNET_RECIPE['lr'], RESNET_RECIPE['weight_decay'], RESNET_RECIPE['max_shift'])
+    args = p.parse_args(['--model', 'resnet', '--lr', '0.01', '--shift', '0']); cli._check_args(p, args)
+    assert (args.lr, args.weight_decay, args.shift) == (0.01, RESNET_RECIPE['weight_decay'], 0)
+
+def test_resnet_refuses_mlp_and_lenet_options():
+    for extra in (['--dropout', '0.2'], ['--batchnorm']):
+        r = _command('--model', 'resnet', '--sample', *extra)
+        assert r.returncode == 2 and 'apply to mlp and lenet' in r.stderr, r.stderr
+
+def test_command_trains_the_resnet_on_the_sample(tmp_path):
+    ckpt = tmp_path/'r.npz'
+    r = _command('--sample', '--model', 'resnet', '--epochs', '1', '--val-size', '5000', '--save', str(ckpt), env=_offline_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert 'Residual' in r.stdout and r.stdout.count('test accuracy') == 1
+    from tinynn_book.model import Model
+    assert type(Model.load(ckpt).net.layers[5]).__name__ == 'Residual'

@@ -356,7 +356,9 @@ def make_model(name:str='mlp', # 'mlp' or 'lenet'
                **net_options, # passed on to the builder, e.g. `norm=` and `dropout=` (layers of chapter 7)
               ) -> Model:
     "One of the chapter's networks with softmax cross-entropy and AdamW, ready to `fit`"
-    if name not in MODELS: raise ValueError(f"make_model expected a model name in {sorted(MODELS)}, got {name!r}")
+    if name not in MODELS:  # a later chapter's module adds its builder to MODELS when it is imported
+        raise ValueError(f"make_model expected a model name in {sorted(MODELS)}, got {name!r}"
+                         + (" (import tinynn_book.cnn first: chapter 9 adds 'resnet')" if name == 'resnet' else ''))
     rng = get_rng(seed)
     net = MODELS[name](rng=rng, **net_options)
     if max_shift: net = Net([RandomShift(max_shift, rng=rng)] + net.layers)

@@ -405,7 +405,7 @@ def summary(self:Model, input_shape): # one example's shape, without the batch a
     with self._mode(False):
         for i, layer in enumerate(self.net.layers):
             x = layer.forward(x)
-            name = f'Net({len(layer)} layers)' if isinstance(layer, Net) else repr(layer)
+            name = f"{type(layer).__name__}({len(layer)} layer{'s' * (len(layer) != 1)})" if isinstance(layer, Net) else repr(layer)
             rows.append((f'{i}: {name}', ('N',) + x.shape[1:], sum(p.size for p in layer.params.values())))
     return Summary(rows, sum(p.nbytes for p in self.net.params.values()))
 
