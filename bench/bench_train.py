@@ -74,8 +74,13 @@ def torch_net(name):
 
 def theirs(name):
     import torch
+    import tinynn_book.cnn  # registers 'resnet'
+    from tinynn_book.mnist import MODELS
     torch.manual_seed(0)
     net = torch_net(name)
+    ours_count, theirs_count = sum(p.size for p in MODELS[name](rng=0).params.values()), sum(p.numel() for p in net.parameters())
+    if ours_count != theirs_count:  # the twins are written by hand: catch one that drifted from our builder
+        sys.exit(f"PyTorch's {name} has {theirs_count} parameters and ours {ours_count}: they are not the same architecture")
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     def step(xb, yb):
