@@ -11,6 +11,7 @@ from .model import Callback
 from .mnist import ENV_VAR, MODELS, WEIGHT_DECAY, cache_dir, load_mnist, make_model, train_mnist
 from .regularization import Dropout, BatchNorm1d, BatchNorm2d
 from .cnn import RESNET_RECIPE  # importing chapter 9 also adds 'resnet' to MODELS
+from .tensor import get_device
 
 # %% auto #0
 __all__ = ['main']
@@ -34,7 +35,7 @@ _name = _number(str, lambda v: v.strip() != '', 'a non-empty name')
 
 # %% ../nbs/cli.ipynb #cli007
 def _parser():
-    p = argparse.ArgumentParser(prog='tinynn-mnist', description='Train an MLP, LeNet-5 or a small ResNet on MNIST with tinynn-book (numpy only).',
+    p = argparse.ArgumentParser(prog='tinynn-mnist', description='Train an MLP, LeNet-5 or a small ResNet on MNIST with tinynn-book (numpy, or CuPy on a GPU).',
                                 epilog=f"Data: --data DIR, else ${ENV_VAR}, else {cache_dir()} (downloaded if missing); --sample needs none.")
     p.add_argument('--model', choices=sorted(MODELS), default='mlp', help='network to train (default: mlp)')
     p.add_argument('--epochs', type=_positive_int, default=5, help='passes over the training set (default: 5)')
@@ -54,6 +55,7 @@ def _parser():
     source.add_argument('--sample', action='store_true', help='use the small sample shipped with the package (offline)')
     p.add_argument('--save', type=_name, metavar='CKPT', help='write the trained model here (.npz)')
     p.add_argument('--plot', type=_name, metavar='PNG', help='write the training curves here')
+    p.add_argument('--device', choices=['cpu', 'gpu'], default='cpu', help="where to train; gpu needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]' (default: cpu)")
     p.add_argument('--seed', type=_non_negative_int, default=0, help='seed for initial weights, shifts, dropout and shuffling (default: 0)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (one line per epoch); there is none either when stderr is not a terminal')
     return p
@@ -93,6 +95,9 @@ def _check_args(p, args):
         if getattr(args, name) is None: setattr(args, name, recipe[key])   # the model's recipe, unless given
     for opt, dest in (('--save', args.save), ('--plot', args.plot)):
         if dest and (problem := _cannot_write(dest)): p.error(f"argument {opt}: {problem}")
+    if args.device == 'gpu':
+        try: get_device('gpu')   # CuPy imported and the GPU found now, not after the data is loaded
+        except RuntimeError as e: p.error(f"argument --device: {e}")
     if args.plot:
         from matplotlib.backend_bases import FigureCanvasBase
         if Path(args.plot).suffix.lstrip('.').lower() not in FigureCanvasBase.get_supported_filetypes():
@@ -138,12 +143,12 @@ def _train_and_report(p, args):
     val_size = len(x_train) // 12 if args.val_size is None else args.val_size
     if val_size >= len(x_train): p.error(f"argument --val-size: {val_size} leaves no training images (there are {len(x_train)})")
     model = make_model(args.model, args.lr, args.seed, args.weight_decay, args.shift,
-                       **_net_options(args.model, args.dropout, args.batchnorm, args.seed))
+                       **_net_options(args.model, args.dropout, args.batchnorm, args.seed)).to(args.device)
     print(model.summary((1, 28, 28)))
     extras = ''.join([f', dropout {args.dropout:g}' if args.dropout else '', ', batch norm' if args.batchnorm else ''])
     print(f"{args.model}{extras}: {len(x_train) - val_size} training, {val_size} validation and {len(x_test)} test images"
           f"{' (bundled sample)' if args.sample else ''}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr:g} "
-          f"({args.schedule}), weight decay {args.weight_decay:g}, shifts up to {args.shift} px, seed {args.seed}")
+          f"({args.schedule}), weight decay {args.weight_decay:g}, shifts up to {args.shift} px, seed {args.seed}, on the {args.device}")
     title, last = f"{args.model}, {len(x_train) - val_size} training images", _LastEpoch()
     try:
         history = train_mnist(model, (x_train, y_train), args.epochs, args.batch_size, args.schedule, args.seed,

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import numpy as np
 from fastcore.basics import patch
-from .tensor import DEFAULT_DTYPE, check_input, he_uniform, zeros
+from .tensor import DEFAULT_DTYPE, array_module, check_input, he_uniform, kernel_for, zeros
 from .layers import Layer, check_arg
 
 # %% auto #0
@@ -54,14 +54,15 @@ def im2col(x,           # (N, C, H, W)
     (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding, 'im2col')
     N, C, H, W = x.shape
     OH, OW = _output_size(x.shape, (kh, kw), (sh, sw), (ph, pw), 'im2col')
+    if fused := kernel_for(x, 'im2col'): return fused(x, (kh, kw), (sh, sw), (ph, pw))  # the GPU's one-kernel version (chapter 10)
     if ph or pw:
-        xp = np.zeros((C, N, H + 2*ph, W + 2*pw), x.dtype)
+        xp = array_module(x).zeros((C, N, H + 2*ph, W + 2*pw), x.dtype)
         xp[:, :, ph:ph + H, pw:pw + W] = x.transpose(1, 0, 2, 3)   # channel-major and padded in one copy
     else: xp = x.transpose(1, 0, 2, 3)                             # a view: the column shift below does the copy
-    cols = np.empty((C, kh, kw, N, OH, OW), x.dtype)
+    cols = array_module(x).empty((C, kh, kw, N, OH, OW), x.dtype)
     for j in range(kw):
         # shift the columns once, so that every row offset below copies long contiguous runs
-        xs = np.ascontiguousarray(xp[:, :, :, j:j + sw*(OW - 1) + 1:sw])
+        xs = array_module(x).ascontiguousarray(xp[:, :, :, j:j + sw*(OW - 1) + 1:sw])
         for i in range(kh): cols[:, i, j] = xs[:, :, i:i + sh*(OH - 1) + 1:sh]
     return cols.reshape(C*kh*kw, N*OH*OW)
 
@@ -89,7 +90,7 @@ class Conv2D(Layer):
         cols = im2col(x, self.kernel_size, self.stride, self.padding)
         self.x_shape, self.cols = x.shape, cols if self.training else None   # for backward, which evaluation never calls
         y = (w.reshape(F, -1) @ cols).reshape(F, N, OH, OW)
-        out = np.empty((N, F, OH, OW), y.dtype)
+        out = array_module(y).empty((N, F, OH, OW), y.dtype)
         np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=out)   # bias and NCHW in one pass
         return out
 
@@ -105,14 +106,15 @@ def col2im(cols,        # (C·kh·kw, N·OH·OW), as produced by `im2col`
     OH, OW = _output_size(x_shape, (kh, kw), (sh, sw), (ph, pw), 'col2im')
     if cols.shape != (C*kh*kw, N*OH*OW):
         raise ValueError(f"col2im expected columns of shape {(C*kh*kw, N*OH*OW)} for x_shape {tuple(x_shape)}, got {cols.shape}")
+    if fused := kernel_for(cols, 'col2im'): return fused(cols, x_shape, (kh, kw), (sh, sw), (ph, pw))  # chapter 10
     cols = cols.reshape(C, kh, kw, N, OH, OW)
-    xp = np.zeros((C, N, H + 2*ph, W + 2*pw), cols.dtype)
-    xs = np.empty((C, N, H + 2*ph, OW), cols.dtype)   # one column shift's worth, reused for every j
+    xp = array_module(cols).zeros((C, N, H + 2*ph, W + 2*pw), cols.dtype)
+    xs = array_module(cols).empty((C, N, H + 2*ph, OW), cols.dtype)   # one column shift's worth, reused for every j
     for j in range(kw):
         xs.fill(0)
         for i in range(kh): xs[:, :, i:i + sh*(OH - 1) + 1:sh] += cols[:, i, j]
         xp[:, :, :, j:j + sw*(OW - 1) + 1:sw] += xs
-    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3))
+    return array_module(cols).ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3))
 
 # %% ../nbs/03_conv.ipynb #bee71559
 @patch
@@ -164,7 +166,7 @@ class _Pool2D(Layer):
         self.slices = _window_slices(self.kernel_size, self.stride, self.out_shape[2:])
         (ph, pw), (N, C, H, W) = self.padding, x.shape
         if not (ph or pw): return x
-        xp = np.full((N, C, H + 2*ph, W + 2*pw), pad_value, x.dtype)
+        xp = array_module(x).full((N, C, H + 2*ph, W + 2*pw), pad_value, x.dtype)
         xp[:, :, ph:ph + H, pw:pw + W] = x
         return xp
 
@@ -195,7 +197,7 @@ def backward(self:MaxPool2D, grad):
     if self.padding != (0, 0): self._fill_padding(xp, np.nan)   # NaN equals nothing: padding never wins, even against -inf
     # windows that tile the input exactly write every element of dxp below
     tiles = self.stride == self.kernel_size and xp.shape[2:] == tuple(o*k for o, k in zip(y.shape[2:], self.kernel_size))
-    dxp = (np.empty if tiles else np.zeros)(xp.shape, grad.dtype)
+    dxp = (array_module(grad).empty if tiles else array_module(grad).zeros)(xp.shape, grad.dtype)
     for k, s in enumerate(self.slices):
         if k == 0: is_max = taken = xp[s] == y
         elif k < len(self.slices) - 1:
@@ -221,7 +223,7 @@ class AvgPool2D(_Pool2D):
     def backward(self, grad):
         grad = self._check_grad(grad)
         g = grad * grad.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
-        dxp = np.zeros(self.xp_shape, grad.dtype)
+        dxp = array_module(grad).zeros(self.xp_shape, grad.dtype)
         for s in self.slices: dxp[s] += g
         return self._unpad(dxp)
 
@@ -229,7 +231,7 @@ class AvgPool2D(_Pool2D):
 class Flatten(Layer):
     "(N, ...) to (N, prod(...)): a view; backward restores the input's shape"
     def forward(self, x):
-        x = np.asarray(x)
+        x = array_module(x).asarray(x)
         if x.ndim < 2: raise ValueError(f"{self!r} expected input of shape (N, ...) with at least 2 dimensions, got {x.shape}")
         self.x_shape = x.shape
         return x.reshape(len(x), -1)

@@ -5,7 +5,7 @@
 # %% ../nbs/01_dense.ipynb #f30cd875
 from __future__ import annotations
 import numpy as np
-from .tensor import DEFAULT_DTYPE, as_float, check_input, get_rng, grad_check, he_uniform, zeros
+from .tensor import DEFAULT_DTYPE, as_float, check_input, get_rng, grad_check, he_uniform, to_device, zeros
 
 # %% auto #0
 __all__ = ['Layer', 'check_arg', 'Dense', 'check_layer_grads', 'ReLU', 'LeakyReLU', 'Sigmoid', 'Tanh', 'Softplus']
@@ -27,6 +27,12 @@ class Layer:
         for k in self.params:
             self.params[k] = self.params[k].astype(dtype)
             self.grads[k] = np.zeros_like(self.params[k])
+        return self
+
+    def to(self, device): # 'cpu' or 'gpu' (chapter 0's devices)
+        "Move every parameter, its gradient and any state array (`state_names`, chapter 7) to `device`, in place; returns self"
+        for k in self.params: self.params[k], self.grads[k] = to_device(self.params[k], device), to_device(self.grads[k], device)
+        for name in getattr(self, 'state_names', ()): setattr(self, name, to_device(getattr(self, name), device))
         return self
 
     def __repr__(self):

@@ -5,13 +5,20 @@
 # %% ../nbs/02_loss.ipynb #540e40db
 from __future__ import annotations
 import numpy as np
-from .tensor import DEFAULT_DTYPE, as_float
+from .tensor import DEFAULT_DTYPE, array_module, as_float, device_of
 from .layers import check_arg
 
 # %% auto #0
 __all__ = ['Loss', 'softmax', 'log_softmax', 'one_hot', 'SoftmaxCrossEntropy', 'MSE', 'MAE', 'Huber', 'SigmoidCrossEntropy']
 
 # %% ../nbs/02_loss.ipynb #7b726b88
+def _on_device_of(pred, target, who): # who: the loss, for the message
+    "`target` as an array on `pred`'s device, or a TypeError: a silent copy between devices would hide a slow bug"
+    if device_of(target) != device_of(pred):
+        raise TypeError(f"{who!r} got a prediction on the {device_of(pred)} and a target on the {device_of(target)}: "
+                        "move one of them with to_device (Model's methods move the data for you)")
+    return array_module(pred).asarray(target)
+
 class Loss:
     "A scalar loss: `loss(pred, target) -> float` and `grad(pred, target)`, the gradient of that float w.r.t. `pred`"
     def loss(self,
@@ -25,7 +32,7 @@ class Loss:
 
     def _check(self, pred, target):
         "`pred` as a float array and `target` cast to its dtype, after checking that their shapes match exactly"
-        pred, target = as_float(pred), np.asarray(target)
+        pred, target = as_float(pred), _on_device_of(pred, target, self)
         if pred.shape != target.shape:
             raise ValueError(f"{self!r} expected target of shape {pred.shape} (the prediction's), got {target.shape}")
         if pred.size == 0: raise ValueError(f"{self!r} got an empty prediction of shape {pred.shape}: the mean of nothing is undefined")
@@ -61,9 +68,10 @@ def one_hot(labels, # integer class indices of shape (N,)
             dtype=DEFAULT_DTYPE, # dtype of the result
            ):
     "(N, C) array with a 1 in each row at that row's label"
-    labels, num_classes = np.asarray(labels), check_arg(num_classes, 'num_classes', 'one_hot')
+    xp = array_module(labels)   # the result is made where the labels live
+    labels, num_classes = xp.asarray(labels), check_arg(num_classes, 'num_classes', 'one_hot')
     if labels.size: _check_labels(labels, labels.size, num_classes, 'one_hot', f'labels {labels.shape}')
-    return np.eye(num_classes, dtype=dtype)[labels.reshape(-1)]
+    return xp.eye(num_classes, dtype=dtype)[labels.reshape(-1)]
 
 # %% ../nbs/02_loss.ipynb #a3e5c1d7
 def _weighted(w, x): # w: target weights (0 means "not this term"); x: a term, possibly infinite
@@ -74,7 +82,7 @@ def _weighted(w, x): # w: target weights (0 means "not this term"); x: a term, p
 class SoftmaxCrossEntropy(Loss):
     "Mean cross-entropy of softmax(logits) against integer labels (N,) or target rows (N, C), e.g. one-hot"
     def _check(self, logits, target):
-        logits, target = as_float(logits), np.asarray(target)
+        logits, target = as_float(logits), _on_device_of(logits, target, self)
         shapes = f"logits {logits.shape} and target {target.shape}"
         if logits.ndim != 2 or logits.size == 0:
             raise ValueError(f"{self!r} expected logits of shape (N, C) with N, C >= 1, got {shapes}")
@@ -91,14 +99,14 @@ class SoftmaxCrossEntropy(Loss):
             ) -> float:
         logits, target = self._check(pred, target)
         logp = log_softmax(logits)
-        if target.ndim == 1: return float(-logp[np.arange(len(logp)), target].mean())   # eq. (4)
+        if target.ndim == 1: return float(-logp[array_module(logp).arange(len(logp)), target].mean())   # eq. (4)
         return float(-_weighted(target, logp).sum() / len(logp))   # eq. (5)
 
     def grad(self, pred, target):
         logits, target = self._check(pred, target)
         probs, N = softmax(logits), len(logits)
         if target.ndim == 1:
-            probs[np.arange(N), target] -= 1                  # eq. (9) without building y
+            probs[array_module(probs).arange(N), target] -= 1   # eq. (9) without building y
             return probs / N
         return (probs * target.sum(axis=1, keepdims=True) - target) / N   # eq. (7); rows summing to 1 give (9)
 

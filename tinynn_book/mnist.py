@@ -9,7 +9,7 @@ from importlib.resources import files
 from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from .tensor import DEFAULT_DTYPE, check_input, get_rng
+from .tensor import DEFAULT_DTYPE, array_module, check_input, device_of, get_rng, to_device, to_numpy
 from .layers import Layer, Dense, ReLU
 from .losses import SoftmaxCrossEntropy
 from .conv import Conv2D, MaxPool2D, Flatten
@@ -218,7 +218,7 @@ def confusion_matrix(y_true, # true labels (N,)
                      num_classes:int=10,
                     ) -> np.ndarray:
     "Counts `M[i, j]` of examples of class i predicted as class j"
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    y_true, y_pred = to_numpy(y_true), to_numpy(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(f"confusion_matrix expected two label arrays of the same shape (N,), got {y_true.shape} and {y_pred.shape}")
     for y in (y_true, y_pred):
@@ -266,7 +266,7 @@ def plot_filters(w, # convolution weights (out, in, kh, kw); the first input cha
                 ):
     "Each output channel's kernel as an image, on a colour scale symmetric about zero; returns the figure"
     import matplotlib.pyplot as plt
-    w = np.asarray(w)
+    w = to_numpy(w)
     if w.ndim != 4: raise ValueError(f"plot_filters expected weights of shape (out, in, kh, kw), got {w.shape}")
     fig, axes = plt.subplots(1, len(w), figsize=(1.5 * len(w), 1.9), squeeze=False)
     for k, ax in enumerate(axes.flat):
@@ -332,17 +332,17 @@ class RandomShift(Layer):
         N, C, H, W = x.shape
         xp = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))
         windows = sliding_window_view(xp, (H, W), axis=(2, 3))  # (N, C, 2s+1, 2s+1, H, W), a view: no copies yet
-        self.offsets = self.rng.integers(0, 2 * s + 1, (2, N))  # window (s, s) is the unshifted image
-        return windows[np.arange(N), :, self.offsets[0], self.offsets[1]]  # (N, C, H, W)
+        self.offsets = to_device(self.rng.integers(0, 2 * s + 1, (2, N)), device_of(x))  # drawn on the CPU: the same on any device
+        return windows[array_module(x).arange(N), :, self.offsets[0], self.offsets[1]]  # (N, C, H, W); window (s, s) is x
 
     def backward(self, grad):
         if not self.needs_input_grad: return None
         grad = check_input(grad, self.x_shape, f'{self!r}.backward')
         if self.offsets is None: return grad
         (N, C, H, W), s = grad.shape, self.max_shift
-        gp = np.zeros((N, C, H + 2 * s, W + 2 * s), grad.dtype)
+        gp = array_module(grad).zeros((N, C, H + 2 * s, W + 2 * s), grad.dtype)
         windows = sliding_window_view(gp, (H, W), axis=(2, 3), writeable=True)
-        windows[np.arange(N), :, self.offsets[0], self.offsets[1]] = grad  # one window per image: nothing overlaps
+        windows[array_module(grad).arange(N), :, self.offsets[0], self.offsets[1]] = grad  # one window per image: nothing overlaps
         return gp[:, :, s:s + H, s:s + W]
 
 # %% ../nbs/06_mnist.ipynb #c06036

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .tensor import DEFAULT_DTYPE, get_rng
+from .tensor import DEFAULT_DTYPE, array_module, device_of, get_rng, to_device, to_numpy
 from .layers import Layer
 from .losses import Loss
 from .optim import Optimizer
@@ -41,7 +41,9 @@ class Net(Layer):
             if not isinstance(layer, Layer): raise TypeError(f"Net expected Layer objects, got {type(layer).__name__} at position {i}")
 
     def forward(self, x):                                  # (1)
-        for layer in self.layers: x = layer.forward(x)
+        for layer in self.layers:
+            _check_device(layer, x)   # a CPU array meeting GPU weights is an error, never a silent copy
+            x = layer.forward(x)
         return x
 
     def backward(self, grad):                              # (2), last layer first
@@ -101,6 +103,22 @@ def astype(self:Net, dtype):
     for layer in self.layers: layer.astype(dtype)
     return self
 
+# %% ../nbs/05_model.ipynb #7fd882f9
+def _check_device(layer, x):
+    "A TypeError naming `layer` and both devices unless `x` lives where the layer's parameters do (chapter 0)"
+    if isinstance(layer, Net): return   # a nested net checks its own layers
+    for p in layer.params.values():
+        if device_of(p) != device_of(x):
+            raise TypeError(f"{layer!r} has its parameters on the {device_of(p)} but got input on the {device_of(x)}: move "
+                            f"the model with .to({device_of(x)!r}), or the data with to_device(x, {device_of(p)!r})")
+        return
+
+@patch
+def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
+    "Move every layer's parameters, gradients and state to `device`, in place; returns self"
+    for layer in self.layers: layer.to(device)
+    return self
+
 # %% ../nbs/05_model.ipynb #5ede1f44
 def _get_needs_input_grad(self): return self.layers[0].needs_input_grad
 def _set_needs_input_grad(self, value):
@@ -124,7 +142,7 @@ def state(self:Net):
 # %% ../nbs/05_model.ipynb #eae63107
 def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows (N, C)
     "Fraction of rows whose largest logit is the target class"
-    logits, y = np.asarray(logits), np.asarray(y)
+    logits, y = to_numpy(logits), to_numpy(y)   # from any device: a fraction needs no GPU
     labels = y.argmax(-1) if y.ndim == 2 else y
     if logits.ndim != 2 or labels.shape != (len(logits),):
         raise ValueError(f"accuracy expected logits (N, C) with labels (N,) or one-hot targets (N, C), got {logits.shape} and {y.shape}")
@@ -132,7 +150,7 @@ def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows
 
 def binary_accuracy(logits, y): # logits and 0/1 targets of the same shape
     "Fraction of outputs where the logit's sign agrees with the 0/1 target (sigmoid > 1/2 means class 1)"
-    logits, y = np.asarray(logits), np.asarray(y)
+    logits, y = to_numpy(logits), to_numpy(y)
     if logits.shape != y.shape: raise ValueError(f"binary_accuracy expected targets of the logits' shape {logits.shape}, got {y.shape}")
     return float(np.mean((logits > 0) == (y > 0.5)))
 
@@ -156,7 +174,8 @@ class Model:
 
     def _step(self, x, y):
         x, y = self._check_xy(x, y, 'train_step')
-        logits = self.net.forward(self._input(x))               # (1)
+        x, y = self._input(x), to_device(y, self.device)        # the batch goes where the net is
+        logits = self.net.forward(x)                            # (1)
         loss = self.loss.loss(logits, y)                        # (3) on the batch
         if not math.isfinite(loss): raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
         self.net.backward(self.loss.grad(logits, y))            # (2)
@@ -199,14 +218,28 @@ def dtype(self:Model):
         for p in layer.params.values(): return p.dtype
     return np.dtype(DEFAULT_DTYPE)
 
+@patch(as_prop=True)
+def device(self:Model):
+    "The device of the net's parameters: `train_step`, `fit`, `predict` and `evaluate` move each batch there"
+    for layer in self.net.layers:
+        for p in layer.params.values(): return device_of(p)
+    return 'cpu'
+
+@patch
+def to(self:Model, device): # 'cpu' or 'gpu' (chapter 0)
+    "Move the net's parameters, gradients and state, and the optimizer's state, to `device`; returns self"
+    self.net.to(device); self.optimizer.to(device)
+    return self
+
 @patch
 def _input(self:Model, x):
-    dtype = self.dtype
+    "A batch on the net's device and in its dtype, copied or cast only when it is not already"
+    x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
 @patch
 def _check_xy(self:Model, x, y, who):
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = array_module(x).asarray(x), array_module(y).asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"Model.{who} expected x and y with the same number of examples, got x of shape {x.shape} and y of shape {y.shape}")
     return x, y
@@ -230,14 +263,14 @@ def _mode(self:Model, training): # True: training mode; False: evaluation mode
 @patch
 def predict(self:Model, x, batch_size=1024): # batch_size bounds the memory the forward caches take
     "The net's outputs (logits) for `x`, computed `batch_size` examples at a time in evaluation mode"
-    x, batch_size = np.asarray(x), _check_count(batch_size, 'batch_size', 'Model.predict')
+    x, batch_size = array_module(x).asarray(x), _check_count(batch_size, 'batch_size', 'Model.predict')
     with self._mode(False):
-        if len(x) == 0: return self.net.forward(self._input(x))
+        if len(x) == 0: return to_numpy(self.net.forward(self._input(x)))
         out = None
         for i in range(0, len(x), batch_size):
             logits = self.net.forward(self._input(x[i:i + batch_size]))
             if out is None: out = np.empty((len(x),) + logits.shape[1:], logits.dtype)
-            out[i:i + len(logits)] = logits
+            out[i:i + len(logits)] = to_numpy(logits)   # results come back to main memory, from any device
     return out
 
 @patch
@@ -249,8 +282,8 @@ def evaluate(self:Model, x, y, batch_size=1024):
     total_loss = total_correct = 0.0
     with self._mode(False):
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            logits = self.net.forward(self._input(xb))
+            xb, yb = self._input(x[i:i + batch_size]), to_device(y[i:i + batch_size], self.device)
+            logits = self.net.forward(xb)
             total_loss += self.loss.loss(logits, yb) * len(xb)  # batch means weighted by size: the full set's mean
             if self.metric: total_correct += self.metric(logits, yb) * len(xb)
     return dict(loss=total_loss / len(x), accuracy=total_correct / len(x) if self.metric else None)
@@ -297,7 +330,7 @@ def _train_epoch(self:Model, x, y, batch_size, # the training data, cut into bat
     for step in range(num_steps):
         batch = slice(step * batch_size, (step + 1) * batch_size)
         if order is not None: batch = order[batch]
-        xb, yb = x[batch], y[batch]
+        xb, yb = x[batch], to_device(y[batch], self.device)   # the metric below compares on the net's device
         lr = self.optimizer.lr if lr_schedule is None else lr_schedule(first_step + step)
         if not _is_learning_rate(lr):
             source = "optimizer.lr is" if lr_schedule is None else f"lr_schedule({first_step + step}) returned"
@@ -360,7 +393,8 @@ def fit(self:Model, x, y, epochs, batch_size=128, # epochs: passes over (x, y)
     self.net.train()
     for cb in callbacks: cb.on_train_begin(self)
     for epoch in range(1, epochs + 1):
-        order, where = rng.permutation(len(x)) if shuffle else None, f'epoch {epoch}/{epochs}'
+        order = to_device(rng.permutation(len(x)), device_of(x)) if shuffle else None  # drawn on the CPU: the same on any device
+        where = f'epoch {epoch}/{epochs}'
         with tqdm(total=num_steps, desc=where, unit='step', leave=not verbose, disable=not progress) as bar:
             start = time.perf_counter()
             record = self._train_epoch(x, y, batch_size, order, lr_schedule, (epoch - 1) * num_steps, bar, where)
@@ -400,7 +434,7 @@ class Summary:
 def summary(self:Model, input_shape): # one example's shape, without the batch axis: (2,) or (1, 28, 28)
     "Table of each layer's output shape and parameter count, found by pushing one all-zero example through the net"
     shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
-    x = np.zeros((1,) + shape, self.dtype)
+    x = to_device(np.zeros((1,) + shape, self.dtype), self.device)
     rows = [('input', ('N',) + shape, 0)]
     with self._mode(False):
         for i, layer in enumerate(self.net.layers):
@@ -507,12 +541,13 @@ def save(self:Model, path): # where to write; used as given, so end it in .npz
     "Write the weights, the state and the architecture to one .npz file, atomically; returns the path"
     meta = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, net=describe(self.net),
                 loss=describe(self.loss), optimizer=describe(self.optimizer))
-    arrays = _checkpoint_arrays(self.net)
+    arrays = {k: to_numpy(v) for k, v in _checkpoint_arrays(self.net).items()}  # from any device: the file is the same
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8)
     return _write_atomic(Path(path), arrays)
 
 @patch(cls_method=True)
-def load(cls:Model, path): # a file written by `Model.save`
+def load(cls:Model, path, # a file written by `Model.save`
+         device='cpu'): # where the loaded model lives: 'cpu' or 'gpu' (chapter 0), whichever device saved it
     "Rebuild a saved Model: architecture, loss and optimizer from its JSON, arrays checked by name, shape and dtype"
     with _CheckpointFile(path) as file:  # the archive's directory and each array's header: no array data yet
         meta = _read_meta(file, path)
@@ -525,7 +560,7 @@ def load(cls:Model, path): # a file written by `Model.save`
         expected = _checkpoint_arrays(model.net)  # a version 1 file has no state arrays; a net that has state then fails the check
         _check_arrays(expected, {k: v for k, v in file.headers.items() if k != META_KEY}, path)
         for k, p in expected.items(): p[...] = file.read(k)  # only now is array data read, into arrays of the checked shape
-    return model
+    return model.to(device)
 
 # %% ../nbs/05_model.ipynb #aa237e17
 def _write_atomic(path, arrays):

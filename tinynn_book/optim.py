@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import math
 import numpy as np
+from .tensor import kernel_for, to_device
 
 # %% auto #0
 __all__ = ['Optimizer', 'SGD', 'AdaGrad', 'RMSProp', 'Adam', 'AdamW', 'Schedule', 'step_lr', 'exponential_lr', 'cosine_lr',
@@ -42,6 +43,13 @@ class Optimizer:
         return bufs[:n]
 
     def config(self): return dict(lr=self.lr)  # constructor arguments
+
+    def to(self, device): # 'cpu' or 'gpu'
+        "Move the per-parameter state (momentum buffers, Adam's moments) to `device`; the scratch buffers are made anew there"
+        for state in self.state.values():
+            state.update({k: to_device(v, device) for k, v in state.items() if hasattr(v, 'shape')})  # not Adam's step count t
+        self._buffers = {}
+        return self
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
 
 # %% ../nbs/04_optim.ipynb #1a638e0f
@@ -73,7 +81,7 @@ class SGD(Optimizer):
         g = _with_decay(p, g, float(self.weight_decay), tmp)
         if mu:
             v = state.get('v')
-            if v is None: v = state['v'] = np.array(g, dtype=p.dtype)  # PyTorch starts the buffer at the first gradient
+            if v is None: v = state['v'] = g.astype(p.dtype, copy=True)  # PyTorch starts the buffer at the first gradient
             else: v *= mu; v += g
             if self.nesterov:  # θ -= lr * (g + μ v), in two pieces so no temporary is needed
                 np.multiply(g, lr, out=tmp); p -= tmp
@@ -158,6 +166,7 @@ class Adam(Optimizer):
     def config(self): return dict(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
 
     def update(self, p, g, state):
+        if fused := kernel_for(p, 'adam'): return fused(self, p, g, state)  # the GPU's one-kernel version (chapter 10)
         lr, b1, b2, wd = float(self.lr), float(self.beta1), float(self.beta2), float(self.weight_decay)
         tmp, tmp2 = self.scratch(p, 2)
         if not self.decoupled: g = _with_decay(p, g, wd, tmp)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import operator
 import numpy as np
-from .tensor import DEFAULT_DTYPE, as_float, check_input, get_rng
+from .tensor import DEFAULT_DTYPE, as_float, check_input, device_of, get_rng, to_device
 from .layers import Layer, check_arg
 from .model import Callback
 
@@ -30,8 +30,8 @@ class Dropout(Layer):
         if not self.training or self.p == 0:
             self.mask = None
             return x
-        keep = self.rng.random(x.shape) >= self.p                      # Bernoulli(1 - p)
-        self.mask = keep * np.asarray(1 / (1 - self.p), x.dtype)    # m / (1 - p), in x's dtype: (1)
+        keep = to_device(self.rng.random(x.shape) >= self.p, device_of(x))   # Bernoulli(1 - p), drawn on the CPU
+        self.mask = keep * x.dtype.type(1 / (1 - self.p))                # m / (1 - p), in x's dtype: (1)
         return x * self.mask
 
     def backward(self, grad):

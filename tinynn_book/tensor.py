@@ -4,11 +4,81 @@
 
 # %% ../nbs/00_tensor.ipynb #f1db62fd
 from __future__ import annotations
+import importlib
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_DTYPE', 'as_float', 'check_input', 'set_seed', 'get_rng', 'fans', 'zeros', 'normal', 'uniform',
+__all__ = ['DEFAULT_DTYPE', 'Device', 'register_device', 'device_of', 'array_module', 'to_device', 'to_numpy', 'kernel_for',
+           'get_device', 'as_float', 'check_input', 'set_seed', 'get_rng', 'fans', 'zeros', 'normal', 'uniform',
            'xavier_uniform', 'xavier_normal', 'he_uniform', 'he_normal', 'numerical_grad', 'rel_error', 'grad_check']
+
+# %% ../nbs/00_tensor.ipynb #3ab38689
+class Device:
+    "Where arrays live: a name, the array module that creates arrays there, and the copies to and from main memory"
+    def __init__(self, name:str, # 'cpu', 'gpu', ...
+                 xp, # the array module: numpy, cupy, or a stand-in with the same functions
+                 array_type:type, # the class of its arrays
+                 from_host, to_host): # numpy array -> array here; array here -> numpy array
+        self.name, self.xp, self.array_type, self.from_host, self.to_host = name, xp, array_type, from_host, to_host
+        self.kernels = {}  # name -> a faster implementation for this device (chapter 10 adds the GPU's)
+    def __repr__(self): return f'Device({self.name!r})'
+
+_devices, _device_of_type = {}, {}
+
+def register_device(device:Device):
+    "Make `device` known by its name and by the class of its arrays; returns it"
+    _devices[device.name], _device_of_type[device.array_type] = device, device.name
+    return device
+
+register_device(Device('cpu', np, np.ndarray, np.asarray, np.asarray))
+
+# %% ../nbs/00_tensor.ipynb #d9aac447
+def device_of(x): # an array, a scalar or a list
+    "The name of the device `x` lives on; numpy arrays, scalars and lists live on the 'cpu'"
+    if type(x) is np.ndarray: return 'cpu'   # the common case, answered first
+    for cls in type(x).__mro__:
+        if cls in _device_of_type: return _device_of_type[cls]
+    return 'cpu'
+
+def array_module(x): # an array
+    "The array module of `x`'s device (numpy, or cupy for a GPU array): its `zeros`, `empty`, `arange` make arrays beside `x`"
+    return _devices[device_of(x)].xp
+
+def to_device(x, # an array (or anything `np.asarray` takes)
+              device): # a device name ('cpu', 'gpu') or a Device
+    "`x` on `device`: `x` itself if it is there already, else a copy"
+    target, source = get_device(device), device_of(x)
+    if source == target.name: return x
+    return target.from_host(x if source == 'cpu' else _devices[source].to_host(x))
+
+def to_numpy(x): # an array on any device
+    "`x` as a numpy array in main memory"
+    return np.asarray(to_device(x, 'cpu'))
+
+def kernel_for(x, name:str): # an array; a kernel's name, e.g. 'im2col'
+    "The faster implementation of `name` that `x`'s device registered, or None (there are none on the CPU)"
+    return _devices[device_of(x)].kernels.get(name)
+
+# %% ../nbs/00_tensor.ipynb #e651ec15
+def get_device(name): # 'cpu', 'gpu', or a Device
+    "The `Device` called `name`; 'gpu' is set up with CuPy on first use"
+    if isinstance(name, Device): return name
+    if name == 'gpu' and 'gpu' not in _devices: register_device(_cupy_device())
+    if name not in _devices: raise ValueError(f"unknown device {name!r}: expected 'cpu' or 'gpu'")
+    return _devices[name]
+
+def _cupy_device():
+    "The GPU as a Device, with chapter 10's kernels, or a RuntimeError saying whether CuPy or the GPU is missing"
+    try: cupy = importlib.import_module('cupy')
+    except ImportError as e:
+        raise RuntimeError("device 'gpu' needs CuPy, which is not installed: pip install -e '.[gpu]' "
+                           "(or the cupy-cuda wheel that matches your CUDA version)") from e
+    try: count, why = cupy.cuda.runtime.getDeviceCount(), 'no device'
+    except Exception as e: count, why = 0, f'{type(e).__name__}: {e}'
+    if count == 0: raise RuntimeError(f"device 'gpu': CuPy is installed but finds no usable NVIDIA GPU ({why})")
+    device = Device('gpu', cupy, cupy.ndarray, cupy.asarray, cupy.asnumpy)
+    device.kernels.update(importlib.import_module('tinynn_book.backend').gpu_kernels())  # chapter 10
+    return device
 
 # %% ../nbs/00_tensor.ipynb #8b8f3451
 DEFAULT_DTYPE = np.float32  # half the memory of float64 and faster matrix products; plenty for SGD
@@ -17,7 +87,7 @@ DEFAULT_DTYPE = np.float32  # half the memory of float64 and faster matrix produ
 def as_float(x,                    # array-like
              dtype=DEFAULT_DTYPE): # dtype for integer or boolean input
     "`x` as a floating-point array: floats keep their dtype, integers and booleans become `dtype`"
-    x = np.asarray(x)
+    x = array_module(x).asarray(x)   # stays on its device
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(dtype)
 
 # %% ../nbs/00_tensor.ipynb #47c76dda
@@ -128,8 +198,9 @@ def numerical_grad(f,          # f() -> float; reads `x`
 # %% ../nbs/00_tensor.ipynb #353c9c4e
 def rel_error(a, b): # two arrays of the same shape
     "Relative error ||a - b|| / (||a|| + ||b||): 0 when equal, 1 when unrelated"
+    a, b = to_numpy(a), to_numpy(b)   # compared in main memory, from any device
     denom = np.linalg.norm(a) + np.linalg.norm(b)
-    return 0.0 if denom == 0 else float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / denom)
+    return 0.0 if denom == 0 else float(np.linalg.norm(a - b) / denom)
 
 def grad_check(f,          # f() -> float; reads `x`
                x,          # float64 array at which to check
