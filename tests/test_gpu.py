@@ -127,6 +127,20 @@ def test_standin_counts_operations(standin):
     assert StandInArray.ops == 2
 
 
+def test_a_training_step_waits_for_the_device_three_times(sample, standin):
+    "Each sync stalls a GPU: the loss value and one label check each for the loss and its gradient; fit adds the accuracy"
+    x, y = sample[0][:128], sample[1][:128]
+    model = make_model('lenet', seed=0).to(standin)
+    model.train_step(x, y)
+    StandInArray.syncs = 0
+    for _ in range(3): model.train_step(x, y)
+    assert StandInArray.syncs == 9
+    reduced = to_device(np.arange(6.0), standin).sum()
+    assert type(reduced) is StandInArray and reduced.ndim == 0   # a reduction stays on the device, as in CuPy
+    StandInArray.syncs = 0
+    assert float(reduced) == 15.0 and StandInArray.syncs == 1
+
+
 # --- every layer and loss on a second device ---------------------------------------------------------------------
 
 LAYERS = {  # name: (factory, input shape)

@@ -32,15 +32,17 @@ def _plain_all(obj):
     return _plain(obj)
 
 def _standin(obj):
-    "The numpy arrays in a result as StandInArrays (views, not copies)"
+    "The numpy arrays in a result as StandInArrays (views, not copies); a scalar as a 0-d array, as CuPy returns it"
     if type(obj) is np.ndarray: return obj.view(StandInArray)
+    if isinstance(obj, np.generic): return np.asarray(obj).view(StandInArray)
     if isinstance(obj, (tuple, list)): return type(obj)(_standin(a) for a in obj)
     return obj
 
 # %% ../nbs/10_gpu.ipynb #93b822b0
 class StandInArray(np.ndarray):
     "A numpy array playing a GPU array: numpy's functions work on it; mixing it with a plain numpy array is a TypeError"
-    ops = 0  # array operations run on the stand-in device so far: each is at least one kernel launch on a GPU
+    ops = 0    # array operations run on the stand-in device so far: each is at least one kernel launch on a GPU
+    syncs = 0  # values Python read from the device (float(a), if a: ...): on a GPU each one waits for all queued work
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         StandInArray.ops += 1
@@ -71,6 +73,15 @@ class StandInArray(np.ndarray):
         StandInArray.ops += 1
         return super().copy(*args, **kwargs)
 
+    def _read(name):
+        "ndarray's method `name`, counted as a sync: Python needs the value, so the device must have computed it"
+        def read(self, *args):
+            StandInArray.syncs += 1
+            return getattr(np.ndarray, name)(self, *args)
+        return read
+    __float__, __int__, __bool__, __index__, item, tolist = map(_read, ('__float__', '__int__', '__bool__', '__index__', 'item', 'tolist'))
+    del _read
+
 # %% ../nbs/10_gpu.ipynb #24213b3b
 class _StandInModule:
     "The stand-in device's array module: numpy's functions, making StandInArrays"
@@ -83,13 +94,18 @@ class _StandInModule:
         return on_standin
     def __repr__(self): return '<stand-in array module: numpy underneath>'
 
+def _to_host(a):
+    "A copy of `a` in main memory: a sync, as every copy back from a GPU is"
+    StandInArray.syncs += 1
+    return np.array(a.view(np.ndarray))
+
 def standin_device(kernels:dict=None, # name -> implementation, as `Device.kernels`; None: no fused kernels
                   ) -> Device:
     "The stand-in device 'standin' (numpy underneath), registered on first use; its kernels replaced by `kernels`"
     device = _devices.get('standin')
     if device is None or device.array_type is not StandInArray:   # a notebook that redefines the class registers anew
         device = register_device(Device('standin', _StandInModule(), StandInArray,
-                                        from_host=lambda a: np.array(a).view(StandInArray), to_host=lambda a: np.array(a.view(np.ndarray))))
+                                        from_host=lambda a: np.array(a).view(StandInArray), to_host=_to_host))
     device.kernels.clear(); device.kernels.update(kernels or {})
     return device
 

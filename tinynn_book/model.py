@@ -140,9 +140,14 @@ def state(self:Net):
     return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in _layer_state(layer).items()}
 
 # %% ../nbs/05_model.ipynb #eae63107
+def _same_device(a, b):
+    "`a` and `b` as arrays where they live (one number comes back from a GPU), or both in main memory if they live apart"
+    if device_of(a) == device_of(b): return array_module(a).asarray(a), array_module(b).asarray(b)
+    return to_numpy(a), to_numpy(b)
+
 def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows (N, C)
     "Fraction of rows whose largest logit is the target class"
-    logits, y = to_numpy(logits), to_numpy(y)   # from any device: a fraction needs no GPU
+    logits, y = _same_device(logits, y)
     labels = y.argmax(-1) if y.ndim == 2 else y
     if logits.ndim != 2 or labels.shape != (len(logits),):
         raise ValueError(f"accuracy expected logits (N, C) with labels (N,) or one-hot targets (N, C), got {logits.shape} and {y.shape}")
@@ -150,7 +155,7 @@ def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows
 
 def binary_accuracy(logits, y): # logits and 0/1 targets of the same shape
     "Fraction of outputs where the logit's sign agrees with the 0/1 target (sigmoid > 1/2 means class 1)"
-    logits, y = to_numpy(logits), to_numpy(y)
+    logits, y = _same_device(logits, y)
     if logits.shape != y.shape: raise ValueError(f"binary_accuracy expected targets of the logits' shape {logits.shape}, got {y.shape}")
     return float(np.mean((logits > 0) == (y > 0.5)))
 
