@@ -64,23 +64,25 @@ class StandInArray(np.ndarray):
         StandInArray.ops += 1
         self.view(np.ndarray)[_plain_all(index)] = _plain(value)
 
-    def astype(self, dtype, *args, **kwargs):
-        out = super().astype(dtype, *args, **kwargs)
-        if out is not self: StandInArray.ops += 1
-        return out
+# %% ../nbs/10_gpu.ipynb #3fd0bf18
+def _astype(self, dtype, *args, **kwargs):
+    out = np.ndarray.astype(self, dtype, *args, **kwargs)
+    if out is not self: StandInArray.ops += 1   # a cast that copies is a kernel
+    return out
 
-    def copy(self, *args, **kwargs):
-        StandInArray.ops += 1
-        return super().copy(*args, **kwargs)
+def _copy(self, *args, **kwargs):
+    StandInArray.ops += 1
+    return np.ndarray.copy(self, *args, **kwargs)
 
-    def _read(name):
-        "ndarray's method `name`, counted as a sync: Python needs the value, so the device must have computed it"
-        def read(self, *args):
-            StandInArray.syncs += 1
-            return getattr(np.ndarray, name)(self, *args)
-        return read
-    __float__, __int__, __bool__, __index__, item, tolist = map(_read, ('__float__', '__int__', '__bool__', '__index__', 'item', 'tolist'))
-    del _read
+def _read(name):
+    "ndarray's method `name`, counted as a sync: Python needs the value, so the device must have computed it"
+    def read(self, *args):
+        StandInArray.syncs += 1
+        return getattr(np.ndarray, name)(self, *args)
+    return read
+
+StandInArray.astype, StandInArray.copy = _astype, _copy
+for _name in ('__float__', '__int__', '__bool__', '__index__', 'item', 'tolist'): setattr(StandInArray, _name, _read(_name))
 
 # %% ../nbs/10_gpu.ipynb #24213b3b
 class _StandInModule:
