@@ -432,3 +432,29 @@ def test_bench_gpu_runs_on_the_standin_device():
                           '--steps', '2', '--repeats', '1'], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'mlp    batch     8: ours fused' in out.stdout and 'wide   batch     8' in out.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec('cupy') is None, reason="needs CuPy installed (a GPU is not needed)")
+@pytest.mark.parametrize('name, options', [('mlp', {}), ('lenet', {}), ('resnet', {}),
+                                           ('mlp', dict(norm=BatchNorm1d, dropout=lambda: Dropout(0.2, rng=0))), ('lenet', dict(norm2d=BatchNorm2d))])
+def test_every_numpy_call_on_device_arrays_has_a_cupy_version(name, options, sample, monkeypatch, standin):
+    "numpy hands a call on CuPy arrays to CuPy by name (NEPs 13 and 18): every call a training run makes must exist there"
+    import functools, cupy
+    calls = set()
+    real_ufunc, real_function = StandInArray.__array_ufunc__, StandInArray.__array_function__
+    def ufunc(self, uf, method, *inputs, **kwargs):
+        calls.add(('ufunc', uf.__name__, method)); return real_ufunc(self, uf, method, *inputs, **kwargs)
+    def function(self, func, types, args, kwargs):
+        calls.add(('function', func.__module__, func.__name__)); return real_function(self, func, types, args, kwargs)
+    monkeypatch.setattr(StandInArray, '__array_ufunc__', ufunc)
+    monkeypatch.setattr(StandInArray, '__array_function__', function)
+    x, y, x_test, y_test = sample
+    model = make_model(name, seed=0, **options).to(standin)
+    model.fit(x[:64], y[:64], 1, 32, validation_data=(x_test[:32], y_test[:32]), progress=False, verbose=False)
+    missing = []
+    for kind, where, what in sorted(calls):
+        try:   # how cupy.ndarray.__array_ufunc__ / __array_function__ find their implementation
+            if kind == 'ufunc': getattr(cupy, where) if what == '__call__' else getattr(getattr(cupy, where), what)
+            else: functools.reduce(getattr, where.split('.')[1:] + [what], cupy)
+        except AttributeError: missing.append((kind, where, what))
+    assert len(calls) > 20 and not missing, missing
