@@ -153,3 +153,50 @@ def test_chapter_anatomy(nb):
     long = [(i, len(c['source'].splitlines())) for i, c in enumerate(src)
             if c['cell_type'] == 'code' and len(c['source'].splitlines()) > 40]
     assert not long, f"{nb.name}: code cells over 40 lines (cell, lines): {long}"
+
+
+class _StrictLoader(__import__('yaml').SafeLoader):
+    "YAML as Quarto's js-yaml reads it: a mapping key given twice is an error, not a silent overwrite"
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise __import__('yaml').constructor.ConstructorError(
+                    None, None, f'duplicated mapping key {key!r}', key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def cell_options(src):
+    "The `#|` lines at the top of a code cell, as the YAML document Quarto parses (its 'cell options')"
+    lines = []
+    for line in src.splitlines():
+        if not line.startswith('#|'): break
+        lines.append(line[2:].removeprefix(' '))
+    return '\n'.join(lines)
+
+
+def test_strict_yaml_refuses_a_key_given_twice():
+    "The check below must be able to fail: the very cell that once stopped the whole site from building"
+    import yaml
+    # exactly what nbdev_proc_nbs made of chapter 7's `#| exports` + `#| code-fold: true` cell
+    opts = cell_options('#| code-fold: show\n#| code-summary: "Exported source"\n#| code-fold: true\ndef f(): pass')
+    with pytest.raises(yaml.YAMLError, match='duplicated mapping key'): yaml.load(opts, Loader=_StrictLoader)
+    assert yaml.load(cell_options('#| code-fold: show\n#| echo: false\nx = 1'), Loader=_StrictLoader) == {'code-fold': 'show', 'echo': False}
+
+
+@pytest.mark.parametrize('nb', CHAPTERS + [NBS / 'index.ipynb'], ids=IDS + ['index'])
+def test_cell_options_parse_as_quarto_parses_them(proc, nb):
+    "Every code cell's options, as Quarto receives them, are valid YAML with no key twice (else no site is built)"
+    import yaml
+    proc_dir, _ = proc
+    bad = []
+    for i, c in enumerate(cells(proc_dir / nb.name)):
+        if c['cell_type'] != 'code': continue
+        opts = cell_options(c['source'])
+        if not opts: continue
+        try: parsed = yaml.load(opts, Loader=_StrictLoader)
+        except yaml.YAMLError as e: bad.append(f'cell {i}: {e}\n{opts}'); continue
+        if parsed is not None and not isinstance(parsed, dict): bad.append(f'cell {i}: options are not a mapping:\n{opts}')
+    assert not bad, f"{nb.name}: Quarto would refuse these cell options:\n" + '\n'.join(bad)
