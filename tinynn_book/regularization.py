@@ -57,7 +57,6 @@ def normalize_backward(grad, # dL/dx̂, shaped like x
     return s * (grad - grad.mean(axes, keepdims=True) - xhat * (grad * xhat).mean(axes, keepdims=True))
 
 # %% ../nbs/07_regularization.ipynb #4a9ea499
-#| code-fold: true
 def _check_hyper(name, num_features, eps, momentum):
     "ValueError naming the layer unless num_features is a positive int, eps a finite number > 0 and momentum in [0, 1]"
     check_arg(num_features, 'num_features', name); check_arg(eps, 'eps', name, 'positive')
