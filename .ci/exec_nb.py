@@ -18,7 +18,8 @@ for i, c in enumerate(nb.cells):
 if keep_slow:
     for i, c in enumerate(nb.cells):
         if slow(c): saved[i] = (c.source, copy.deepcopy(c.outputs), c.get('execution_count')); c.source = '# (slow cell kept as recorded)'
-os.environ.setdefault('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
+# The inline backend always: an exported MPLBACKEND=Agg (as for pytest) would drop every figure from the page
+os.environ['MPLBACKEND'] = 'module://matplotlib_inline.backend_inline'
 NotebookClient(nb, timeout=3600, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}}).execute()
 for i, (src, outs, n) in saved.items():
     nb.cells[i].source, nb.cells[i].outputs = src, outs
