@@ -14,9 +14,13 @@ Each thread count (--threads, default 1 and 2: OpenBLAS for numpy, torch.set_num
 --runs fresh processes; the table reports, per model and thread count, the median over runs of each run's median
 step time, and the spread (lowest-highest) of the runs, so a reader can tell the machine's noise from a difference.
 
+Everything the tables print is also written, with the date, the machine and the load average before and after,
+to bench/results/train.json (--results PATH elsewhere, --results '' not at all): the book's chapter 6 and front page
+read their speed numbers from that committed file, so every page quotes the same run.
+
 PyTorch is an optional benchmark dependency (pip install torch): without it only our columns are printed.
 Usage: python bench/bench_train.py [--models mlp,lenet,resnet] [--threads 1,2] [--runs 5] [--steps 30] [--repeats 5]
-       [--rss-models lenet,resnet] [--no-rss]
+       [--rss-models lenet,resnet] [--no-rss] [--results PATH]
 """
 import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
 from pathlib import Path
@@ -163,6 +167,21 @@ def spread(values, fmt):
     "median (lowest-highest)"
     return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
+def summary(values):
+    "Median, lowest and highest of a list of numbers, as a dict"
+    return dict(median=statistics.median(values), low=min(values), high=max(values))
+
+def machine(torch_version):
+    "What the results were measured on"
+    return dict(processor=platform.processor() or platform.machine(), cpus=os.cpu_count(), system=platform.platform(),
+                python=platform.python_version(), numpy=np.__version__, torch=torch_version,
+                blas=_blas_name())
+
+def _blas_name():
+    "The BLAS numpy was built against (numpy >= 1.25 reports it), else None"
+    try: return np.show_config(mode='dicts')['Build Dependencies']['blas']['name']
+    except Exception: return None
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--threads', default='1,2', help='thread counts to measure, comma-separated')
@@ -172,6 +191,8 @@ def main():
     p.add_argument('--models', default='mlp,lenet')
     p.add_argument('--json', metavar='PATH', help='also write the raw per-run results here')
     p.add_argument('--no-rss', action='store_true', help='skip the epoch memory measurement')
+    p.add_argument('--results', default=str(Path(__file__).parent/'results'/'train.json'),
+                   help="write the summary here as JSON (the file the book reads); '' to skip")
     p.add_argument('--rss-models', default='lenet', help='models whose epoch memory is measured, comma-separated')
     p.add_argument('--rss-child', choices=['ours', 'torch'], help=argparse.SUPPRESS)
     p.add_argument('--rss-model', help=argparse.SUPPRESS)
@@ -182,6 +203,7 @@ def main():
 
     try: import torch; tv = torch.__version__
     except ImportError: torch, tv = None, None
+    load_before, started = os.getloadavg(), datetime.datetime.now(datetime.timezone.utc)
     if torch is None: print('PyTorch not installed: timing tinynn-book only (pip install torch for the comparison)')
     print(f"{datetime.date.today()}; {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; python {platform.python_version()}, "
           f"numpy {np.__version__}" + (f", torch {tv}" if tv else '') + f"; batch {BATCH}, Adam lr {LR}, float32")
@@ -208,8 +230,26 @@ def main():
             print(f"| {m} | {t} | {spread(a, ms)} | " +
                   (f"{spread(b, ms)} | {spread([x / y for x, y in zip(a, b)], ratio)} |" if b else "- | - |"))
     print(f"(median over {args.runs} runs, lowest-highest run in brackets; one epoch = {STEPS_PER_EPOCH} steps)")
+    steps = {m: {t: dict(ours_ms=summary([1e3 * run[m]['ours'] for run in runs]),
+                         torch_ms=summary([1e3 * run[m]['torch'] for run in runs]) if torch else None,
+                         ratio=summary([run[m]['ours'] / run[m]['torch'] for run in runs]) if torch else None)
+                 for t, runs in results.items()} for m in models}
+    record = dict(benchmark='bench/bench_train.py', command='python bench/bench_train.py ' + ' '.join(sys.argv[1:]),
+                  date=started.strftime('%Y-%m-%d'), started_utc=started.strftime('%Y-%m-%dT%H:%M:%SZ'),
+                  machine=machine(tv), load_average_before=list(load_before),
+                  settings=dict(batch_size=BATCH, lr=LR, optimizer='Adam', dtype='float32', runs=args.runs,
+                                repeats=args.repeats, steps=args.steps, steps_per_epoch=STEPS_PER_EPOCH),
+                  notes='per model and thread count: median over runs of each run\'s median ms per step, '
+                        'low/high = fastest/slowest run; ratio = ours / PyTorch per run (same process), then summarised',
+                  steps=steps, epoch_memory=[], raw_runs=results)
+    def write():
+        if not args.results: return
+        record['load_average_after'] = list(os.getloadavg())
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(record, indent=1) + '\n')
+    write()
 
-    if args.no_rss: return
+    if args.no_rss: return print(f"results written to {args.results}" if args.results else '')
     print('\nOne epoch (60 000 images + evaluation on 10 000), each framework in a fresh process, 2 threads:')
     print('| model | framework | epoch s | RSS before the epoch MB | peak RSS during the epoch MB | how the peak was measured |')
     print('| --- | --- | ---: | ---: | ---: | --- |')
@@ -218,7 +258,10 @@ def main():
             out = subprocess.run([sys.executable, __file__, '--rss-child', fw, '--rss-model', name], capture_output=True, text=True)
             if out.returncode: print(f"| {name} | {fw} | failed: {out.stderr.strip().splitlines()[-1]} | | | |"); continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            record['epoch_memory'].append(dict(model=name, framework='tinynn-book' if fw == 'ours' else 'PyTorch', **r))
             print(f"| {name} | {'tinynn-book' if fw == 'ours' else 'PyTorch'} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | "
                   f"{r['peak_rss_mb']:.0f} | {r['peak_source']} |", flush=True)
+    write()
+    if args.results: print(f"results written to {args.results}")
 
 if __name__ == '__main__': main()
