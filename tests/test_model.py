@@ -519,6 +519,7 @@ class HaltAfter(SGD):
         if self.steps == self.at: raise Halt
 
 
+@pytest.mark.usefixtures('python_sigint')
 @pytest.mark.parametrize('momentum', [0.0, 0.9])
 def test_ctrl_c_mid_update_leaves_a_complete_step_and_the_history(data, momentum):
     "Issue 12.12: Ctrl-C inside the optimizer left some parameters stepped and others not, and lost the history"
@@ -538,6 +539,7 @@ def test_ctrl_c_mid_update_leaves_a_complete_step_and_the_history(data, momentum
     assert signal.getsignal(signal.SIGINT) is handler
 
 
+@pytest.mark.usefixtures('python_sigint')
 def test_ctrl_c_in_train_step_is_delivered_after_the_update(data):
     (x, y), _ = data
     a, b = spiral_model(), spiral_model()
@@ -628,3 +630,214 @@ def test_subclass_with_its_own_config_is_not_judged_by_an_inherited_param_shapes
     loaded = Model.load(model.save(tmp_path / 'same.npz'))
     assert type(loaded.net[0]) is SameConv and np.array_equal(loaded.predict(x), model.predict(x))
 
+
+
+# ---- issue 20: signals (1, 17), drop_last (2), a failed step's state (6), repeated layers (8), checkpoint values (10), callbacks (16), modes (19) ----
+import os
+
+
+@pytest.fixture
+def python_sigint():
+    "Python's own Ctrl-C handler for the test's duration: a suite started with SIGINT ignored (nohup, `pytest &`) has none"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _python(code, timeout=120):
+    "Run `code` in a fresh interpreter using this package, with SIGINT, SIGTERM and SIGHUP at their defaults"
+    import tinynn_book
+    env = dict(os.environ, PYTHONPATH=str(Path(tinynn_book.__file__).parent.parent), OPENBLAS_NUM_THREADS='1')
+    def defaults():
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=timeout,
+                          preexec_fn=defaults)
+
+
+_KILL_DURING_FIT = """
+import os, signal, numpy as np
+from tinynn_book.layers import Dense, ReLU
+from tinynn_book.losses import SoftmaxCrossEntropy
+from tinynn_book.model import Model, Net, make_spirals
+from tinynn_book.optim import SGD
+SIG = signal.{name}
+class Kill(SGD):  # a real signal, sent by the process to itself in the middle of update number `at`
+    def __init__(self, at): super().__init__(0.05); self.at, self.steps = at, 0
+    def step(self, params):
+        self.steps += 1
+        for i, (p, g) in enumerate(params):
+            self.update(p, g, self.state.setdefault(i, {{}}))
+            if self.steps == self.at and i == 0: os.kill(os.getpid(), SIG)
+class Halt(Exception): pass
+class HaltAfter(SGD):
+    def __init__(self, at): super().__init__(0.05); self.at, self.steps = at, 0
+    def step(self, params):
+        super().step(params); self.steps += 1
+        if self.steps == self.at: raise Halt
+net = lambda: Net([Dense(2, 32, rng=0), ReLU(), Dense(32, 3, rng=1)])
+x, y = make_spirals(100, rng=0)
+a, b = Model(net(), SoftmaxCrossEntropy(), Kill(25)), Model(net(), SoftmaxCrossEntropy(), HaltAfter(25))
+try: a.fit(x, y, epochs=5, batch_size=32, progress=False, verbose=False)
+except KeyboardInterrupt as e: caught = e
+try: b.fit(x, y, epochs=5, batch_size=32, progress=False, verbose=False)
+except Halt: pass
+assert type(caught).__name__ == 'Interrupted' and caught.signum == SIG and caught.exit_code == 128 + SIG, repr(caught)
+assert all(np.array_equal(a.net.params[k], b.net.params[k]) for k in a.net.params)  # update 25 complete, nothing after it
+assert a.history.epochs == 2 and a.history['loss'] == b.history['loss']
+assert signal.getsignal(SIG) == signal.SIG_DFL  # fit put the default back
+print('ok')
+"""
+
+
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGHUP'])
+def test_sigterm_and_sighup_during_fit_end_it_like_ctrl_c(name):
+    "Issue 20.1: SIGTERM (kill, timeout, docker stop) and SIGHUP killed a run outright; now fit raises Interrupted after a complete update"
+    r = _python(_KILL_DURING_FIT.format(name=name))
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', (r.returncode, r.stderr[-2000:])
+
+
+def test_stop_signals_someone_handles_or_ignores_are_left_alone(data):
+    (x, y), _ = data
+    seen = []
+    class Watch(Callback):
+        def on_epoch_end(self, model, history): seen.append((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)))
+    mine = lambda *args: None
+    before = signal.signal(signal.SIGTERM, mine), signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        spiral_model().fit(x, y, epochs=1, progress=False, verbose=False, callbacks=Watch())
+        assert seen == [(mine, signal.SIG_IGN)] and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before[0]); signal.signal(signal.SIGHUP, before[1])
+
+
+def test_ctrl_c_tests_pass_when_started_with_sigint_ignored():
+    "Issue 20.17: started with SIGINT ignored (nohup, `pytest &`), the Ctrl-C tests saw no KeyboardInterrupt"
+    here = Path(__file__)
+    code = f"""
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)   # what `cmd &` in a non-interactive shell, and nohup, leave the child
+sys.exit(subprocess.call([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', {str(here)!r}, '-k', 'ctrl_c_mid_update or ctrl_c_in_train_step']))
+"""
+    r = _python(code, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def _bn_model(seed=0):
+    pytest.importorskip('tinynn_book.regularization')
+    from tinynn_book.regularization import BatchNorm1d
+    net = Net([Dense(2, 16, rng=seed), BatchNorm1d(16), ReLU(), Dense(16, 3, rng=seed + 1)])
+    return Model(net, SoftmaxCrossEntropy(), Adam(0.01))
+
+
+def test_a_failed_step_leaves_parameters_and_batchnorm_state_as_they_were(data):
+    "Issue 20.6: one NaN batch made BatchNorm's running statistics NaN for good, while the error said nothing had changed"
+    (x, y), _ = data
+    model = _bn_model()
+    model.fit(x, y, epochs=1, batch_size=32, progress=False, verbose=False)
+    params = {k: p.copy() for k, p in model.net.params.items()}
+    state = {k: s.copy() for k, s in model.net.state.items()}
+    bad = x[:32].copy(); bad[5] = np.nan
+    with pytest.raises(FloatingPointError, match="keep their values from before this step, and so does every layer's state"):
+        model.train_step(bad, y[:32])
+    for k, s in model.net.state.items(): np.testing.assert_array_equal(s, state[k], err_msg=k)
+    for k, p in model.net.params.items(): np.testing.assert_array_equal(p, params[k], err_msg=k)
+    x_nan = x.copy(); x_nan[70] = np.nan   # inside fit: third batch of the epoch, unshuffled
+    with pytest.raises(FloatingPointError, match='step 3/10'):
+        model.fit(x_nan, y, epochs=1, batch_size=32, shuffle=False, progress=False, verbose=False)
+    assert all(np.all(np.isfinite(s)) for s in model.net.state.values())
+    assert np.isfinite(model.evaluate(x, y)['loss'])   # evaluation uses the running statistics
+
+
+def test_an_interrupted_forward_pass_leaves_the_state_as_it_was(data):
+    (x, y), _ = data
+    model = _bn_model()
+    state = {k: s.copy() for k, s in model.net.state.items()}
+    def interrupted(logits, y): raise KeyboardInterrupt
+    model.loss.loss = interrupted   # after the forward pass has updated the running statistics
+    with pytest.raises(KeyboardInterrupt):
+        model.train_step(x[:32], y[:32])
+    for k, s in model.net.state.items(): np.testing.assert_array_equal(s, state[k], err_msg=k)
+
+
+def test_drop_last_leaves_out_a_short_last_batch(data):
+    "Issue 20.2: a last batch of one crashed BatchNorm after training had started; fit(drop_last=True) leaves it out"
+    (x, y), _ = data
+    x33, y33 = x[:33], y[:33]   # batches of 32 and 1
+    with pytest.raises(ValueError, match='more than one value per channel'):
+        _bn_model().fit(x33, y33, epochs=1, batch_size=32, progress=False, verbose=False)
+    sizes = []
+    model = _bn_model()
+    real_step = model._step
+    model._step = lambda xb, yb: (sizes.append(len(xb)), real_step(xb, yb))[1]
+    history = model.fit(x, y, epochs=2, batch_size=32, drop_last=True, progress=False, verbose=False)   # 300 = 9 * 32 + 12
+    assert sizes == [32] * 18 and history.epochs == 2 and np.isfinite(history['loss']).all()
+    _bn_model().fit(x33, y33, epochs=1, batch_size=32, drop_last=True, progress=False, verbose=False)
+    with pytest.raises(ValueError, match=r'drop_last=True needs at least batch_size=64 examples, got 33'):
+        _bn_model().fit(x33, y33, epochs=1, batch_size=64, drop_last=True, progress=False, verbose=False)
+
+
+def test_one_layer_object_twice_in_a_net_is_refused():
+    "Issue 20.8: Net([Dense, r, Dense, r, Dense]) trained with gradients off by ~0.6 and saved an untied checkpoint"
+    r = ReLU()
+    with pytest.raises(ValueError, match=r'one ReLU object is at positions 1 and 3'):
+        Net([Dense(2, 4), r, Dense(4, 4), r, Dense(4, 2)])
+    d = Dense(2, 2)
+    with pytest.raises(ValueError, match=r'one Dense object is at positions 0 and 1\.1'):
+        Net([d, Net([ReLU(), d])])
+    inner = Net([Dense(2, 2), ReLU()])
+    with pytest.raises(ValueError, match=r'one Net object is at positions 0 and 1'):
+        Net([inner, inner])
+    with pytest.raises(ValueError, match=r'positions 1 and 3'):
+        Model([Dense(2, 4), r, Dense(4, 4), r], MSE(), SGD(0.1))
+    net = Net([Dense(2, 2)])
+    for _ in range(400): net = Net([net])   # deep nesting is walked without recursion
+    Net([ReLU(), ReLU(), Dense(2, 2)])        # equal but distinct objects are fine
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('0.w', np.nan, r"array '0.w' holds NaN or inf"), ('3.b', np.inf, r"array '3.b' holds NaN or inf"),
+    ('state.1.running_mean', np.nan, r"array 'state.1.running_mean' holds NaN or inf"),
+    ('state.1.running_var', -1.0, r"array 'state.1.running_var' is a variance but holds negative values")])
+def test_checkpoints_with_impossible_values_are_refused(data, tmp_path, key, value, message):
+    "Issue 20.10: a checkpoint with NaN/inf weights or state, or a negative running_var, loaded silently and predicted NaN"
+    (x, y), _ = data
+    model = _bn_model()
+    model.fit(x, y, epochs=1, batch_size=32, progress=False, verbose=False)
+    good = model.save(tmp_path/'good.npz')
+    with np.load(good) as f: arrays = dict(f)
+    arrays[key] = arrays[key].copy(); arrays[key].flat[0] = value
+    np.savez(tmp_path/'bad.npz', **arrays)
+    with pytest.raises(ValueError, match=message):
+        Model.load(tmp_path/'bad.npz')
+    Model.load(good)
+
+
+def test_callbacks_none_and_a_callback_class(data):
+    "Issue 20.16: fit(callbacks=None) and fit(callbacks=SomeCallback) (the class, not an instance) were opaque TypeErrors"
+    (x, y), _ = data
+    assert spiral_model().fit(x, y, epochs=1, callbacks=None, progress=False, verbose=False).epochs == 1
+    with pytest.raises(TypeError, match=r'got the class Recorder: pass an instance, Recorder\(\.\.\.\)'):
+        spiral_model().fit(x, y, epochs=1, callbacks=Recorder, progress=False, verbose=False)
+    with pytest.raises(TypeError, match=r'got the class Recorder'):
+        spiral_model().fit(x, y, epochs=1, callbacks=[Recorder], progress=False, verbose=False)
+
+
+class ModeSpy(Layer):
+    "Identity that records the training flag it saw at each forward pass"
+    def __init__(self): super().__init__(); self.seen = []
+    def forward(self, x): self.seen.append(self.training); return x
+    def backward(self, grad): return grad
+
+
+def test_predict_and_evaluate_run_in_evaluation_mode_and_restore_the_mode(data):
+    "Issue 20.19: predict/evaluate leaving the net in training mode was caught only by a notebook"
+    (x, y), _ = data
+    spy = ModeSpy()
+    model = Model(Net([Dense(2, 3, rng=0), spy]), SoftmaxCrossEntropy(), SGD(0.1))
+    for training in (True, False):
+        model.net.train(training); spy.seen.clear()
+        model.predict(x, batch_size=100); model.evaluate(x, y, batch_size=100)
+        assert spy.seen == [False] * 6 and model.net.training is training and spy.training is training
+    model.net.train(); spy.seen.clear()
+    model.fit(x, y, epochs=1, batch_size=100, validation_data=(x, y), progress=False, verbose=False)
+    assert spy.seen == [True] * 3 + [False] and spy.training is True

@@ -16,9 +16,9 @@ from .losses import Loss
 from .optim import Optimizer
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'META_KEY', 'READABLE_VERSIONS', 'STATE_PREFIX', 'MAX_META_BYTES',
-           'make_spirals', 'Net', 'accuracy', 'binary_accuracy', 'Model', 'History', 'Callback', 'Summary', 'describe',
-           'rebuild']
+__all__ = ['STOP_SIGNALS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'META_KEY', 'READABLE_VERSIONS', 'STATE_PREFIX',
+           'MAX_META_BYTES', 'make_spirals', 'Net', 'accuracy', 'binary_accuracy', 'Model', 'Interrupted',
+           'stop_signals_interrupt', 'History', 'Callback', 'Summary', 'describe', 'rebuild']
 
 # %% ../nbs/05_model.ipynb #58c2121b
 def make_spirals(n_per_class=100, num_classes=3, noise=0.2, rng=None): # rng: None (global), seed or Generator
@@ -30,6 +30,27 @@ def make_spirals(n_per_class=100, num_classes=3, noise=0.2, rng=None): # rng: No
     x = np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
     return x.astype(np.float32), y.astype(np.int64)
 
+# %% ../nbs/05_model.ipynb #1256543f
+def _sublayers(layer):
+    "(name, layer) for the layers directly inside `layer`: its `layers` list, and Layers (or lists) kept as attributes"
+    for key, value in vars(layer).items():
+        if isinstance(value, Layer): yield key, value
+        elif isinstance(value, (list, tuple)):
+            for j, v in enumerate(value):
+                if isinstance(v, Layer): yield (str(j) if key == 'layers' else f'{key}.{j}'), v
+
+def _check_distinct(net):
+    "A ValueError naming both positions if one layer object appears twice anywhere inside `net`, nested ones included"
+    seen, todo = {}, [(str(j), layer) for j, layer in enumerate(net.layers)][::-1]
+    while todo:  # a stack, not recursion: nets nested a thousand deep are walked as easily
+        where, layer = todo.pop()
+        if id(layer) in seen:
+            raise ValueError(f"Net: one {type(layer).__name__} object is at positions {seen[id(layer)][0]} and {where}; "
+                             f"a layer caches its input for backward, so give each position its own {type(layer).__name__}")
+        seen[id(layer)] = (where, layer)  # the layer is kept so its id cannot be reused during the walk
+        todo += [(f'{where}.{k}', v) for k, v in _sublayers(layer)][::-1]
+
+
 # %% ../nbs/05_model.ipynb #3b40c79d
 class Net(Layer):
     "Layers applied in sequence; a Layer itself, so nets nest and gradient-check like any layer"
@@ -39,6 +60,7 @@ class Net(Layer):
         if not self.layers: raise ValueError("Net needs at least one layer, got none")
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer): raise TypeError(f"Net expected Layer objects, got {type(layer).__name__} at position {i}")
+        _check_distinct(self)  # one object at two positions would cache one input for both: wrong gradients
 
     def forward(self, x):                                  # (1)
         for layer in self.layers:
@@ -180,10 +202,11 @@ class Model:
     def _step(self, x, y):
         x, y = self._check_xy(x, y, 'train_step')
         x, y = self._input(x), to_device(y, self.device)        # the batch goes where the net is
-        logits = self.net.forward(x)                            # (1)
-        loss = self.loss.loss(logits, y)                        # (3) on the batch
-        if not math.isfinite(loss): raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
-        self.net.backward(self.loss.grad(logits, y))            # (2)
+        with _state_kept_on_error(self.net):                    # a failed step leaves running statistics as they were
+            logits = self.net.forward(x)                        # (1)
+            loss = self.loss.loss(logits, y)                    # (3) on the batch
+            if not math.isfinite(loss): raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
+            self.net.backward(self.loss.grad(logits, y))        # (2)
         with _interrupts_deferred():                            # Ctrl-C waits until every parameter is updated
             self.optimizer.step(self.net.parameters())          # θ ← θ − η ĝ_B
         return loss, logits
@@ -198,22 +221,52 @@ def _nonfinite(net): return [k for k, p in net.params.items() if not np.all(np.i
 def _params_note(net):
     "What a step that failed before its update left in the parameters, said truthfully"
     bad = _nonfinite(net)
-    if not bad: return "the parameters keep their values from before this step"
+    if not bad: return "the parameters keep their values from before this step, and so does every layer's state"
     return f"parameters {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} were already NaN or inf before this step (an earlier update made them so)"
 
 @contextmanager
-def _interrupts_deferred():
-    "Hold back Ctrl-C (SIGINT) until the block is done, then deliver it: the block runs all or nothing"
-    handler = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(handler):
-        yield  # only the main thread receives signals; an ignored or C-level handler is left alone
-        return
-    received = []
-    signal.signal(signal.SIGINT, lambda *args: received.append(args))
+def _state_kept_on_error(net):
+    "If the block raises, put back the values `net.state` had before it (BatchNorm's running statistics)"
+    saved = {k: s.copy() for k, s in net.state.items()}
+    try: yield
+    except BaseException:
+        for k, s in net.state.items(): s[...] = saved[k]  # in place: a layer may also have replaced the array
+        raise
+
+# %% ../nbs/05_model.ipynb #6cb6ac42
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP') if hasattr(signal, n))  # kill, timeout, logout
+
+class Interrupted(KeyboardInterrupt):
+    "SIGTERM or SIGHUP received during `Model.fit`, raised where a Ctrl-C would raise `KeyboardInterrupt`"
+    def __init__(self, signum): # the signal's number
+        super().__init__(signal.Signals(signum).name); self.signum = signum
+    @property
+    def exit_code(self): return 128 + self.signum  # what a shell reports for a process the signal killed
+
+def _raise_interrupted(signum, frame): raise Interrupted(signum)
+
+@contextmanager
+def stop_signals_interrupt():
+    "During the block, SIGTERM and SIGHUP raise `Interrupted` instead of ending the process unannounced"
+    if threading.current_thread() is not threading.main_thread(): yield; return  # only the main thread gets signals
+    # a signal someone else handles, or one that is ignored (nohup ignores SIGHUP), is left alone
+    previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
     try: yield
     finally:
-        signal.signal(signal.SIGINT, handler)
-        if received: handler(*received[0])  # now the usual handler runs: KeyboardInterrupt, after a complete update
+        for s, handler in previous.items(): signal.signal(s, handler)
+
+@contextmanager
+def _interrupts_deferred():
+    "Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then deliver them: it runs all or nothing"
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT,) + STOP_SIGNALS}
+    handlers = {s: h for s, h in handlers.items() if callable(h)}  # an ignored or default signal is left alone
+    received = []
+    for s in handlers: signal.signal(s, lambda *args: received.append(args))
+    try: yield
+    finally:
+        for s, handler in handlers.items(): signal.signal(s, handler)
+        if received: handlers[received[0][0]](*received[0])  # now the usual handler runs, after a complete update
 
 # %% ../nbs/05_model.ipynb #939546d6
 @patch(as_prop=True)
@@ -328,10 +381,11 @@ class History(dict):
 def _train_epoch(self:Model, x, y, batch_size, # the training data, cut into batches of batch_size
                  order, # a permutation of the examples, or None for file order
                  lr_schedule, first_step, # callable step -> lr (or None), and this epoch's first step number
-                 bar, where): # a tqdm bar advanced once per step; where: 'epoch e/E', for error messages
+                 bar, where, # a tqdm bar advanced once per step; where: 'epoch e/E', for error messages
+                 drop_last=False): # leave out a last batch smaller than batch_size
     "One pass over (x, y) in mini-batches; returns the epoch's mean loss and metric over its batches"
-    num_steps = math.ceil(len(x) / batch_size)
-    total_loss = total_correct = 0.0
+    num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
+    total_loss = total_correct = num_seen = 0.0
     for step in range(num_steps):
         batch = slice(step * batch_size, (step + 1) * batch_size)
         if order is not None: batch = order[batch]
@@ -346,14 +400,14 @@ def _train_epoch(self:Model, x, y, batch_size, # the training data, cut into bat
         except FloatingPointError as e:
             raise FloatingPointError(f"Model.fit stopped at {where}, step {step + 1}/{num_steps} (lr={self.optimizer.lr:.3g}): {e}. "
                                      "Lower the learning rate, or look for NaN/inf in the data.") from None
-        total_loss += loss * len(xb)
+        total_loss += loss * len(xb); num_seen += len(xb)
         if self.metric: total_correct += self.metric(logits, yb) * len(xb)
         bar.update()
         if step % 10 == 0: bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
     if bad := _nonfinite(self.net):  # the last update can break the weights with no later loss to show it: one pass per epoch
         raise FloatingPointError(f"Model.fit stopped after {where}: an update made {', '.join(bad[:5])} NaN or inf, "
                                  f"although every loss was finite (lr={self.optimizer.lr:.3g}). Lower the learning rate.")
-    return dict(loss=total_loss / len(x), accuracy=total_correct / len(x) if self.metric else None)
+    return dict(loss=total_loss / num_seen, accuracy=total_correct / num_seen if self.metric else None)
 
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
@@ -368,7 +422,7 @@ class Callback:
     def on_train_end(self, model, history): pass
 
 @patch
-def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks):
+def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last=False):
     "`fit`'s arguments checked, each error naming the argument: (x, y, validation_data, a list of Callbacks)"
     x, y = self._check_xy(x, y, 'fit')
     _check_count(epochs, 'epochs', 'Model.fit', minimum=0)
@@ -378,8 +432,14 @@ def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callb
         validation_data = self._check_xy(*validation_data, 'fit (validation_data)')
     _check_count(batch_size, 'batch_size', 'Model.fit')
     if len(x) == 0: raise ValueError(f"Model.fit needs at least one example, got x of shape {x.shape}")
-    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+    if drop_last and len(x) < batch_size:
+        raise ValueError(f"Model.fit with drop_last=True needs at least batch_size={batch_size} examples, got {len(x)}")
+    if callbacks is None: callbacks = []
+    callbacks = [callbacks] if isinstance(callbacks, (Callback, type)) else list(callbacks)
     for cb in callbacks:
+        if isinstance(cb, type) and issubclass(cb, Callback):
+            raise TypeError(f"Model.fit expected Callback objects in callbacks, got the class {cb.__name__}: "
+                            f"pass an instance, {cb.__name__}(...)")
         if not isinstance(cb, Callback): raise TypeError(f"Model.fit expected Callback objects in callbacks, got {type(cb).__name__}")
     return x, y, validation_data, callbacks
 
@@ -390,10 +450,21 @@ def fit(self:Model, x, y, epochs, batch_size=128, # epochs: passes over (x, y)
         shuffle=True, seed=0, # a fresh permutation per epoch from np.random.default_rng(seed)
         lr_schedule=None, # callable step -> lr, step counting this call's steps from 0
         progress=True, verbose=True, # a tqdm bar per epoch; one printed line per epoch
-        callbacks=()): # Callback objects, called at the start, after every epoch and at the end
+        callbacks=(), # Callback objects, called at the start, after every epoch and at the end
+        drop_last=False): # leave out each epoch's last batch if it is smaller (BatchNorm needs more than one example)
     "Train for `epochs` passes over (x, y) in mini-batches; returns a `History`"
-    x, y, validation_data, callbacks = self._fit_args(x, y, epochs, batch_size, seed, validation_data, callbacks)
-    rng, num_steps, history = np.random.default_rng(seed), math.ceil(len(x) / batch_size), History()
+    x, y, validation_data, callbacks = self._fit_args(x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last)
+    with stop_signals_interrupt():  # SIGTERM and SIGHUP end the run as Ctrl-C does: between two updates
+        return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed, lr_schedule, progress, verbose,
+                         callbacks, drop_last)
+
+# %% ../nbs/05_model.ipynb #75133bb8
+@patch
+def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed, lr_schedule, progress, verbose,
+         callbacks, drop_last):
+    "The loop of `fit`, its arguments already checked"
+    num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
+    rng, history = np.random.default_rng(seed), History()
     self.history = history  # the epochs completed so far stay reachable, even after Ctrl-C
     self.net.train()
     for cb in callbacks: cb.on_train_begin(self)
@@ -402,7 +473,8 @@ def fit(self:Model, x, y, epochs, batch_size=128, # epochs: passes over (x, y)
         where = f'epoch {epoch}/{epochs}'
         with tqdm(total=num_steps, desc=where, unit='step', leave=not verbose, disable=not progress) as bar:
             start = time.perf_counter()
-            record = self._train_epoch(x, y, batch_size, order, lr_schedule, (epoch - 1) * num_steps, bar, where)
+            record = self._train_epoch(x, y, batch_size, order, lr_schedule, (epoch - 1) * num_steps, bar, where,
+                                       drop_last)
             record.update(lr=self.optimizer.lr, seconds=time.perf_counter() - start)
             if validation_data is not None:
                 val = self.evaluate(*validation_data)
@@ -564,7 +636,7 @@ def load(cls:Model, path, # a file written by `Model.save`
         model = cls(net, loss, optimizer)
         expected = _checkpoint_arrays(model.net)  # a version 1 file has no state arrays; a net that has state then fails the check
         _check_arrays(expected, {k: v for k, v in file.headers.items() if k != META_KEY}, path)
-        for k, p in expected.items(): p[...] = file.read(k)  # only now is array data read, into arrays of the checked shape
+        for k, p in expected.items(): p[...] = _checked_values(file.read(k), k, path)  # data read only now, shapes checked
     return model.to(device)
 
 # %% ../nbs/05_model.ipynb #aa237e17
@@ -664,6 +736,14 @@ def _check_names(meta, headers, path):
     pattern = re.compile(rf'(?:{re.escape(STATE_PREFIX)})?(\d+)\..+')
     stray = [k for k in headers if k != META_KEY and not ((m := pattern.fullmatch(k)) and int(m[1]) < num_layers)]
     if stray: raise ValueError(f"{path} does not match the architecture it describes: " + '; '.join(f"unexpected '{k}'" for k in stray[:10]))
+
+def _checked_values(array, key, path):
+    "`array` if its values are ones a trained model can hold: finite, and a variance never negative"
+    if array.dtype.kind in 'fc' and not np.all(np.isfinite(array)):
+        raise ValueError(f"{path}: array '{key}' holds NaN or inf values; a trained model never has them (refused)")
+    if key.split('.')[-1] in ('running_var', 'var') and array.size and array.min() < 0:
+        raise ValueError(f"{path}: array '{key}' is a variance but holds negative values (min {array.min():.3g}; refused)")
+    return array
 
 def _check_arrays(expected, headers, path): # expected: {name: array}; headers: {name: (shape, dtype)} from the file
     "Every expected array present with its shape and dtype, and nothing else, or a ValueError listing the differences"
