@@ -183,8 +183,16 @@ def test_ctrl_c_in_the_first_epoch_or_without_save(tmp_path, monkeypatch):
     code, out, err = _run_both(*COMMON, '--epochs', '2')
     assert code == 130 and err == 'tinynn-mnist: interrupted after 1 of 2 epochs\n', err
 
-def test_a_real_sigint_saves_and_exits_130(tmp_path):
-    "The installed command, interrupted with SIGINT (what Ctrl-C sends) in its second epoch or later"
+def _signals_at_default():
+    "preexec_fn: the child starts with SIGINT, SIGTERM and SIGHUP at their defaults, however pytest itself was started"
+    import signal
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)
+
+@pytest.mark.parametrize('name, code, says', [('SIGINT', 130, 'interrupted after'), ('SIGTERM', 143, 'stopped by SIGTERM after'),
+                                              ('SIGHUP', 129, 'stopped by SIGHUP after')])
+def test_a_real_signal_saves_and_exits_128_plus_its_number(tmp_path, name, code, says):
+    """The installed command, sent SIGINT (Ctrl-C), SIGTERM (kill, timeout, docker stop) or SIGHUP in its second epoch or later.
+    Issue 20.1: SIGTERM and SIGHUP killed it with no checkpoint; issue 20.17: started with SIGINT ignored, the child ignored it too"""
     import signal, time
     from tinynn_book.model import Model
     exe = shutil.which('tinynn-mnist')
@@ -192,17 +200,17 @@ def test_a_real_sigint_saves_and_exits_130(tmp_path):
     env = dict(_offline_env(tmp_path), PYTHONUNBUFFERED='1')
     ckpt = tmp_path/'m.npz'
     proc = subprocess.Popen(cmd + COMMON + ['--epochs', '1000', '--save', str(ckpt)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_signals_at_default)
     try:
         deadline = time.monotonic() + 300
         for line in proc.stdout:   # wait until epoch 2 has ended: epoch 1's copy is surely made
             if line.split('/')[0].split() == ['epoch', '2'] or time.monotonic() > deadline: break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, name))
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None: proc.kill()
-    assert proc.returncode == 130, err[-2000:]
-    assert 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
+    assert says in err and 'Traceback' not in err, err[-2000:]
     assert 'checkpoint of epoch' in out and Model.load(ckpt).net.params
 
 def test_memory_error_in_the_command_is_one_line(tmp_path):
@@ -253,3 +261,70 @@ def test_command_trains_the_resnet_on_the_sample(tmp_path):
     assert 'Residual' in r.stdout and r.stdout.count('test accuracy') == 1
     from tinynn_book.model import Model
     assert type(Model.load(ckpt).net.layers[5]).__name__ == 'Residual'
+
+
+# --- issue 20: outputs that collide, long names, batch norm's last batch, divergence, empty data ---------------------
+
+def test_save_and_plot_naming_one_file_is_an_argument_error(tmp_path, no_loading):
+    "Issue 20.4: --save same.png --plot same.png exited 0, and the plot had overwritten the checkpoint"
+    (tmp_path/'d').mkdir()
+    for save, plot in ((tmp_path/'same.png', tmp_path/'same.png'), (tmp_path/'d'/'..'/'x.png', tmp_path/'x.png')):
+        code, out, err = _run_both('--sample', '--save', str(save), '--plot', str(plot))
+        assert code == 2 and 'arguments --save and --plot: both name the file' in err, err
+    (tmp_path/'real.png').write_bytes(b''); (tmp_path/'link.png').symlink_to(tmp_path/'real.png')
+    code, out, err = _run_both('--sample', '--save', str(tmp_path/'link.png'), '--plot', str(tmp_path/'real.png'))
+    assert code == 2 and 'both name the file' in err, err
+
+@pytest.mark.parametrize('opt, name', [('--save', 'm' * 300 + '.npz'), ('--plot', 'c' * 300 + '.png'),
+                                       ('--save', 'd' * 300 + '/m.npz')])
+def test_a_300_character_output_name_is_an_argument_error(tmp_path, no_loading, opt, name):
+    "Issue 20.16: a 300-character --save or --plot ended in a raw OSError (File name too long)"
+    code, out, err = _run_both('--sample', opt, str(tmp_path/name))
+    assert code == 2 and f'argument {opt}:' in err and 'Traceback' not in err, err
+    assert len(err.strip().splitlines()[-1]) < 200, err   # one short message, not the whole name
+
+def test_batchnorm_with_a_last_batch_of_one_trains(tmp_path):
+    "Issue 20.2: --batchnorm with 1000 = 111 * 9 + 1 training images crashed after training had started, saving nothing"
+    code, out, err = _run_both('--sample', '--val-size', '5000', '--no-progress', '--batchnorm', '--batch-size', '9',
+                               '--epochs', '1', '--save', str(tmp_path/'m.npz'))
+    assert code == 0 and 'test accuracy' in out and (tmp_path/'m.npz').exists(), err[-2000:]
+
+def test_batchnorm_combinations_that_cannot_train_are_refused_before_training(no_loading):
+    code, out, err = _run_both('--sample', '--batchnorm', '--batch-size', '1')
+    assert code == 2 and 'argument --batch-size: --batchnorm needs at least 2 examples per batch' in err, err
+
+def test_a_batch_larger_than_the_training_set_with_batchnorm_is_refused(monkeypatch):
+    from tinynn_book.model import Model
+    monkeypatch.setattr(Model, 'fit', lambda *a, **k: pytest.fail('started training'))
+    code, out, err = _run_both('--sample', '--batchnorm', '--val-size', '5990', '--no-progress')
+    assert code == 2 and 'argument --batch-size: 128 is more than the 10 training images' in err, err
+
+def test_a_diverging_run_is_one_line_and_keeps_the_last_epoch(tmp_path, monkeypatch):
+    "Issue 20.5: --lr 1e30 ended in a FloatingPointError traceback and wrote nothing"
+    r = _command(*COMMON, '--lr', '1e30', '--epochs', '3', '--save', str(tmp_path/'m.npz'), env=_offline_env(tmp_path))
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'training diverged' in r.stderr, r.stderr   # no numpy warnings either
+    assert 'no epoch completed' in r.stderr and not (tmp_path/'m.npz').exists()
+    from tinynn_book.model import Model
+    assert _run_both(*COMMON, '--epochs', '1', '--save', str(tmp_path/'one.npz'))[0] == 0
+    real_step, steps = Model._step, []
+    def step(self, x, y):   # the loss turns NaN three steps into epoch 2
+        steps.append(1)
+        if len(steps) == 8 + 3: raise FloatingPointError('the loss is nan')
+        return real_step(self, x, y)
+    monkeypatch.setattr(Model, '_step', step)
+    code, out, err = _run_both(*COMMON, '--epochs', '3', '--save', str(tmp_path/'cut.npz'))
+    assert code == 1 and err.count('\n') == 1 and err.startswith('tinynn-mnist: error: training diverged after 1 of 3 epochs: '), err
+    assert 'epoch 2/3, step 3/8' in err and f'checkpoint of epoch 1: {tmp_path/"cut.npz"}' in out
+    one, cut = Model.load(tmp_path/'one.npz'), Model.load(tmp_path/'cut.npz')
+    for k in one.net.params: np.testing.assert_array_equal(cut.net.params[k], one.net.params[k])
+
+def test_no_training_images_does_not_blame_val_size(tmp_path):
+    "Issue 20.16 and 20.3: 0 training images said 'argument --val-size: 0 leaves no training images' without any --val-size"
+    import gzip
+    d = tmp_path/'data'; d.mkdir()
+    def idx(a): return bytes([0, 0, 0x08, a.ndim]) + b''.join(int(n).to_bytes(4, 'big') for n in a.shape) + a.tobytes()
+    for name, a in (('train-images-idx3-ubyte', np.zeros((0, 28, 28), np.uint8)), ('train-labels-idx1-ubyte', np.zeros(0, np.uint8)),
+                    ('t10k-images-idx3-ubyte', np.zeros((5, 28, 28), np.uint8)), ('t10k-labels-idx1-ubyte', np.zeros(5, np.uint8))):
+        (d/(name + '.gz')).write_bytes(gzip.compress(idx(a)))
+    code, out, err = _run_both('--data', str(d), '--epochs', '1', '--no-progress')
+    assert code == 1 and 'train-images-idx3-ubyte.gz: holds no images' in err and '--val-size' not in err, err

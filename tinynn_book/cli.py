@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, math, os, sys, tempfile
 from pathlib import Path
 import numpy as np
-from .model import Callback
+from .model import Callback, stop_signals_interrupt
 from .mnist import ENV_VAR, MODELS, WEIGHT_DECAY, cache_dir, load_mnist, make_model, train_mnist
 from .regularization import Dropout, BatchNorm1d, BatchNorm2d
 from .cnn import RESNET_RECIPE  # importing chapter 9 also adds 'resnet' to MODELS
@@ -78,13 +78,29 @@ def _net_options(model:str, # 'mlp' or 'lenet'
 # %% ../nbs/cli.ipynb #cli011
 def _cannot_write(dest):
     "Why the file `dest` cannot be written, found by creating a temporary file beside it; None if it can"
-    path = Path(dest).resolve()
+    short = dest if len(dest) <= 60 else dest[:57] + '...'
+    try: path = Path(dest).resolve(); path.is_dir()
+    except OSError as e: return f"{short}: {e.strerror or e}"  # e.g. a name longer than the file system allows
     if path.is_dir(): return f"{dest} is a directory"
     if not path.parent.is_dir(): return f"directory {path.parent} does not exist"
+    if len(os.fsencode(path.name)) > (limit := _name_max(path.parent)):
+        return f"{short}: the file name is {len(os.fsencode(path.name))} bytes long; this file system allows {limit}"
     try:
         with tempfile.TemporaryFile(dir=path.parent): pass  # unnamed on Linux, deleted on close elsewhere
     except OSError as e: return f"cannot write in {path.parent} ({e.strerror or e})"
     if path.exists() and not os.access(path, os.W_OK): return f"{dest} exists and is read-only"
+
+def _name_max(folder):
+    "The longest file name (in bytes) the file system of `folder` allows"
+    try: return os.pathconf(folder, 'PC_NAME_MAX')
+    except (AttributeError, OSError, ValueError): return 255
+
+def _same_file(a, b):
+    "Whether the paths `a` and `b` name one file (the same path, a link to it, or another name of it)"
+    try:
+        if Path(a).resolve() == Path(b).resolve(): return True
+        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+    except OSError: return False
 
 def _check_args(p, args):
     "Errors argparse cannot find by itself, found before any data is loaded; each ends the command with exit code 2. Fills in the recipe"
@@ -95,6 +111,10 @@ def _check_args(p, args):
         if getattr(args, name) is None: setattr(args, name, recipe[key])   # the model's recipe, unless given
     for opt, dest in (('--save', args.save), ('--plot', args.plot)):
         if dest and (problem := _cannot_write(dest)): p.error(f"argument {opt}: {problem}")
+    if args.save and args.plot and _same_file(args.save, args.plot):
+        p.error(f"arguments --save and --plot: both name the file {args.save}; the curves would overwrite the checkpoint")
+    if args.batchnorm and args.batch_size < 2:
+        p.error("argument --batch-size: --batchnorm needs at least 2 examples per batch to compute batch statistics")
     if args.device == 'gpu':
         try: get_device('gpu')   # CuPy imported and the GPU found now, not after the data is loaded
         except RuntimeError as e: p.error(f"argument --device: {e}")
@@ -128,12 +148,17 @@ def main(argv=None, # arguments, without the program name; None for sys.argv[1:]
     p = _parser()
     args = p.parse_args(argv)
     _check_args(p, args)  # before any data is loaded: a bad argument or an unwritable output costs nothing
-    try: return _train_and_report(p, args)
-    except MemoryError as e:
-        print(f"tinynn-mnist: error: out of memory{f' ({e})' if str(e) else ''}; try a smaller --batch-size", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before training, or while writing; training's own handler saves the last epoch
-        print("tinynn-mnist: interrupted", file=sys.stderr); return 130
+    with stop_signals_interrupt():  # SIGTERM and SIGHUP, anywhere in the run, end it the way Ctrl-C does
+        try: return _train_and_report(p, args)
+        except MemoryError as e:
+            print(f"tinynn-mnist: error: out of memory{f' ({e})' if str(e) else ''}; try a smaller --batch-size", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:  # before training, or while writing; training's own handler saves the last epoch
+            print(f"tinynn-mnist: {_why(e)}", file=sys.stderr); return getattr(e, 'exit_code', 130)
+
+def _why(interrupt):
+    "'interrupted' for Ctrl-C, 'stopped by SIGTERM' (or SIGHUP) for the other stop signals"
+    return f"stopped by {interrupt}" if hasattr(interrupt, 'signum') else "interrupted"
 
 # %% ../nbs/cli.ipynb #cli012b
 def _train_and_report(p, args):
@@ -144,6 +169,10 @@ def _train_and_report(p, args):
     if val_size >= len(x_train): p.error(f"argument --val-size: {val_size} leaves no training images (there are {len(x_train)})")
     model = make_model(args.model, args.lr, args.seed, args.weight_decay, args.shift,
                        **_net_options(args.model, args.dropout, args.batchnorm, args.seed)).to(args.device)
+    full_batches = any(k.endswith('running_var') for k in model.net.state)  # batch statistics: no batch of one
+    if full_batches and len(x_train) - val_size < args.batch_size:
+        p.error(f"argument --batch-size: {args.batch_size} is more than the {len(x_train) - val_size} training images, "
+                "and a net with batch normalisation trains on full batches only")
     print(model.summary((1, 28, 28)))
     extras = ''.join([f', dropout {args.dropout:g}' if args.dropout else '', ', batch norm' if args.batchnorm else ''])
     print(f"{args.model}{extras}: {len(x_train) - val_size} training, {val_size} validation and {len(x_test)} test images"
@@ -151,10 +180,13 @@ def _train_and_report(p, args):
           f"({args.schedule}), weight decay {args.weight_decay:g}, shifts up to {args.shift} px, seed {args.seed}, on the {args.device}")
     title, last = f"{args.model}, {len(x_train) - val_size} training images", _LastEpoch()
     try:
-        history = train_mnist(model, (x_train, y_train), args.epochs, args.batch_size, args.schedule, args.seed,
-                              progress=not args.no_progress and sys.stderr.isatty(), val_size=val_size, callbacks=[last])
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):  # fit's own guards report NaN and inf
+            history = train_mnist(model, (x_train, y_train), args.epochs, args.batch_size, args.schedule, args.seed,
+                                  progress=not args.no_progress and sys.stderr.isatty(), val_size=val_size,
+                                  callbacks=[last], drop_last=full_batches)
         print(f"test accuracy: {100 * model.evaluate(x_test, y_test)['accuracy']:.2f} %")
-    except KeyboardInterrupt: return _interrupted(model, last, args, title)
+    except KeyboardInterrupt as e: return _stopped(model, last, args, title, _why(e), getattr(e, 'exit_code', 130))
+    except FloatingPointError as e: return _stopped(model, last, args, title, 'error: training diverged', 1, f": {e}")
     return 0 if _write_outputs(model, history, args, title) else 1
 
 # %% ../nbs/cli.ipynb #cli012d
@@ -166,14 +198,15 @@ class _LastEpoch(Callback):
                       {k: s.copy() for k, s in model.net.state.items()})  # one assignment: never half a copy
         return False
 
-def _interrupted(model, last, args, title):
-    "Ctrl-C during training: write what the last completed epoch left, if asked; exit status 130 (128 + SIGINT)"
+def _stopped(model, last, args, title, why, code, detail=''): # why: 'interrupted', 'stopped by SIGTERM', ...
+    "Training ended early: one line on stderr, then what the last completed epoch left, if asked; returns `code`"
     if last.saved is None:
-        print("tinynn-mnist: interrupted during epoch 1" + ("; no epoch completed, so no checkpoint" if args.save else ""), file=sys.stderr)
-        return 130
+        print(f"tinynn-mnist: {why} during epoch 1" + ("; no epoch completed, so no checkpoint" if args.save else "")
+              + detail, file=sys.stderr)
+        return code
     epoch, params, state = last.saved
     for k, p in model.net.params.items(): p[...] = params[k]  # back to the end of that epoch
     for k, s in model.net.state.items(): s[...] = state[k]
-    print(f"tinynn-mnist: interrupted after {epoch} of {args.epochs} epochs", file=sys.stderr)
+    print(f"tinynn-mnist: {why} after {epoch} of {args.epochs} epochs{detail}", file=sys.stderr)
     _write_outputs(model, model.history, args, title, what=f'checkpoint of epoch {epoch}')
-    return 130
+    return code
