@@ -258,7 +258,7 @@ def main():
             out = subprocess.run([sys.executable, __file__, '--rss-child', fw, '--rss-model', name], capture_output=True, text=True)
             if out.returncode: print(f"| {name} | {fw} | failed: {out.stderr.strip().splitlines()[-1]} | | | |"); continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            record['epoch_memory'].append(dict(model=name, framework='tinynn-book' if fw == 'ours' else 'PyTorch', **r))
+            record['epoch_memory'].append({**r, 'model': name, 'framework': 'tinynn-book' if fw == 'ours' else 'PyTorch'})
             print(f"| {name} | {'tinynn-book' if fw == 'ours' else 'PyTorch'} | {r['seconds']:.1f} | {r['rss_before_mb']:.0f} | "
                   f"{r['peak_rss_mb']:.0f} | {r['peak_source']} |", flush=True)
     write()
