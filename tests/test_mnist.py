@@ -427,3 +427,12 @@ def test_train_mnist_history_has_validation():
     model = mnist.make_model('mlp', seed=0)
     history = mnist.train_mnist(model, (x[:1200], y[:1200]), 1, val_size=200, progress=False, verbose=False)
     assert history.epochs == 1 and history['val_accuracy'][0] is not None
+
+
+# ---- issue 20.3: empty splits are refused when loading, naming the file ----
+@pytest.mark.parametrize('num_train, num_test, empty', [(0, 10, 'train-images-idx3-ubyte'), (20, 0, 't10k-images-idx3-ubyte')])
+def test_an_idx_file_with_no_images_is_refused_naming_it(tmp_path, num_train, num_test, empty):
+    "Issue 20.3: IDX files with 0 test images loaded; the command trained, then crashed in evaluate and lost the checkpoint"
+    fake_mnist(tmp_path, num_train=num_train, num_test=num_test)
+    with pytest.raises(ValueError, match='holds no images') as e: load_mnist(tmp_path)
+    assert empty in str(e.value)

@@ -124,6 +124,7 @@ def _to_xy(images, labels, images_name, labels_name):
     if labels.dtype.kind not in 'iu': raise ValueError(f"{labels_name}: expected integer labels, got dtype {labels.dtype}")
     if labels.shape != (len(images),):
         raise ValueError(f"{labels_name}: expected one label per image, shape ({len(images)},), got {labels.shape}")
+    if len(images) == 0: raise ValueError(f"{images_name}: holds no images; an empty split can be neither trained nor tested on")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise ValueError(f"{labels_name}: expected labels in 0..9, got values in [{labels.min()}, {labels.max()}]")
     try: x = images.reshape(-1, 1, 28, 28).astype(np.float32)
@@ -384,7 +385,8 @@ def train_mnist(model:Model, # e.g. from `make_model`; its optimizer's current `
         raise ValueError(f"train_mnist expected val_size in [0, {len(x)}) (the number of training images), got {val_size!r}")
     cut = len(x) - val_size
     validation_data = (x[cut:], y[cut:]) if val_size else None
-    total_steps = epochs * -(-cut // batch_size)
+    steps_per_epoch = cut // batch_size if fit_options.get('drop_last') else -(-cut // batch_size)
+    total_steps = epochs * steps_per_epoch
     lr_schedule = cosine_lr(model.optimizer.lr, total_steps) if schedule == 'cosine' else None
     return model.fit(x[:cut], y[:cut], epochs, batch_size, validation_data=validation_data, seed=seed,
                      lr_schedule=lr_schedule, progress=progress, verbose=verbose, **fit_options)
