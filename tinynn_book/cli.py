@@ -102,6 +102,7 @@ def _same_file(a, b):
         return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
     except OSError: return False
 
+# %% ../nbs/cli.ipynb #0d21015d
 def _check_args(p, args):
     "Errors argparse cannot find by itself, found before any data is loaded; each ends the command with exit code 2. Fills in the recipe"
     if args.model == 'resnet' and (args.dropout or args.batchnorm):
