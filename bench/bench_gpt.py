@@ -31,10 +31,10 @@ V, T, D, H, L, B = 65, 64, 128, 4, 4, 12
 
 def ours():
     from tinynn_book.model import Model
-    from tinynn_book.rnn import SequenceCrossEntropy
-    from tinynn_book.transformer import GPT, GPTAdamW, lm_step
+    from tinynn_book.rnn import SequenceCrossEntropy, clipped_step
+    from tinynn_book.transformer import GPT, GPTAdamW
     model = Model(GPT(V, T, D, H, L, rng=0), SequenceCrossEntropy(), GPTAdamW(1e-3, 0.9, 0.99, weight_decay=0.1))
-    return model, lambda x, y: lm_step(model, x, y, 1.0)[0]
+    return model, lambda x, y: clipped_step(model, x, y, 1.0)[0]
 
 def twin(gpt):
     "nanoGPT's model in PyTorch with the parameters of our `gpt` copied in (biases on, no weight tying)"

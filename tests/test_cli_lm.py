@@ -48,8 +48,8 @@ def test_a_resumed_run_draws_the_batches_of_the_uninterrupted_one(tmp_path):
     "Without AdamW's moments the weights differ, but the step count and the data stream continue"
     seen = []
     real = cli_lm.random_windows
-    def spy(ids, batch_size, context, rng):
-        x, y = real(ids, batch_size, context, rng); seen.append(x.copy()); return x, y
+    def spy(ids, context, batch_size, rng):
+        x, y = real(ids, context, batch_size, rng); seen.append(x.copy()); return x, y
     cli_lm.random_windows = spy
     try:
         assert _run(*TINY, '--iters', '6', '--save', str(tmp_path / 'a.npz'))[0] == 0

@@ -5,7 +5,8 @@ import pytest
 from tinynn_book.model import Model
 from tinynn_book.rnn import SequenceCrossEntropy
 from tinynn_book.transformer import (Block, CausalSelfAttention, GPT, GPTAdamW, PositionalEmbedding, TanhGELU,
-                                     lm_step, masked_softmax, sample_logits)
+                                     masked_softmax, sample_logits)
+from tinynn_book.rnn import clipped_step
 
 def _spread(net, scale=0.3, seed=1):
     r = np.random.default_rng(seed)
@@ -139,7 +140,7 @@ def test_bad_input_is_refused_with_a_clear_message():
 def test_checkpoint_round_trip_is_bit_identical(tmp_path):
     m = Model(GPT(10, 8, 16, 4, 2, dropout=0.1, rng=2), SequenceCrossEntropy(), GPTAdamW(weight_decay=0.1))
     rng = np.random.default_rng(0)
-    lm_step(m, rng.integers(0, 10, (2, 8)), rng.integers(0, 10, (2, 8)))
+    clipped_step(m, rng.integers(0, 10, (2, 8)), rng.integers(0, 10, (2, 8)), 1.0)
     back = Model.load(m.save(tmp_path / 'g.npz'))
     assert back.net.config() == m.net.config() and type(back.optimizer) is GPTAdamW
     for k, p in m.net.params.items(): assert back.net.params[k].tobytes() == p.tobytes(), k
@@ -160,7 +161,7 @@ def test_a_training_step_on_the_standin_device():
     m = Model(GPT(10, 8, 16, 4, 2, rng=0), SequenceCrossEntropy(), GPTAdamW()).to('standin')
     rng = np.random.default_rng(0)
     before = {k: np.array(p) for k, p in m.net.params.items()}
-    loss, norm = lm_step(m, rng.integers(0, 10, (2, 8)), rng.integers(0, 10, (2, 8)))
+    loss, norm = clipped_step(m, rng.integers(0, 10, (2, 8)), rng.integers(0, 10, (2, 8)), 1.0)
     assert math.isfinite(loss) and math.isfinite(norm)
     assert all(isinstance(p, StandInArray) for p in m.net.params.values())
     assert any(not np.array_equal(np.asarray(p), before[k]) for k, p in m.net.params.items())
