@@ -1,0 +1,139 @@
+"The tinynn-lm command (tinynn_book.cli_lm) from the outside: tiny configurations, offline, in seconds."
+import contextlib, io, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+from tinynn_book import cli_lm
+from tinynn_book.cli_lm import load_lm, main
+from tinynn_book.model import Model
+
+TINY = ['--context', '16', '--d-model', '16', '--heads', '2', '--layers', '1', '--batch-size', '4',
+        '--eval-every', '5', '--warmup', '0', '--sample-tokens', '0']
+
+def _run(*argv):
+    "main(argv) in this process: (exit code, stdout, stderr); a SystemExit from argparse becomes its code"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main(list(argv))
+        except SystemExit as e: code = e.code
+        except KeyboardInterrupt: code = 'KeyboardInterrupt escaped main'
+    return code, out.getvalue(), err.getvalue()
+
+def _script():
+    "The installed console script, or the module run with SIGINT's default handler restored (a child of a"
+    " background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler)"
+    code = ('import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+            'from tinynn_book.cli_lm import main; sys.exit(main())')
+    return [sys.executable, '-c', code]
+
+def test_entry_point_is_declared():
+    text = (Path(__file__).parents[1] / 'settings.ini').read_text()
+    assert 'tinynn-lm=tinynn_book.cli_lm:main' in text
+
+def test_train_save_resume_sample(tmp_path):
+    ckpt = tmp_path / 'g.npz'
+    code, out, err = _run(*TINY, '--iters', '10', '--save', str(ckpt))
+    assert code == 0, err
+    assert out.count('val_loss') == 2 and f'checkpoint of step 10: {ckpt}' in out
+    model, vocab, lm = load_lm(ckpt)
+    assert lm['step'] == 10 and lm['options']['context'] == 16 and len(vocab) == len(set(vocab))
+    assert Model.load(ckpt).net.config() == model.net.config()   # chapter 5's loader reads it too
+    code, out, err = _run('--resume', str(ckpt), '--iters', '15', '--save', str(ckpt))
+    assert code == 0 and 'steps 11-15' in out and load_lm(ckpt)[2]['step'] == 15, err
+    code, out, err = _run('sample', str(ckpt), '--tokens', '40', '--temperature', '0.8', '--top-k', '5')
+    assert code == 0 and len(out) == 1 + 40 + 1, out    # the prompt (a newline), 40 characters, print's newline
+    assert set(out[1:-1]) <= set(vocab)
+
+def test_a_resumed_run_draws_the_batches_of_the_uninterrupted_one(tmp_path):
+    "Without AdamW's moments the weights differ, but the step count and the data stream continue"
+    seen = []
+    real = cli_lm.random_windows
+    def spy(ids, context, batch_size, rng):
+        x, y = real(ids, context, batch_size, rng); seen.append(x.copy()); return x, y
+    cli_lm.random_windows = spy
+    try:
+        assert _run(*TINY, '--iters', '6', '--save', str(tmp_path / 'a.npz'))[0] == 0
+        whole = seen[:]; seen.clear()
+        assert _run(*TINY, '--iters', '3', '--save', str(tmp_path / 'b.npz'))[0] == 0
+        assert _run('--resume', str(tmp_path / 'b.npz'), '--iters', '6')[0] == 0
+    finally: cli_lm.random_windows = real
+    assert all(np.array_equal(a, b) for a, b in zip(whole, seen)) and len(seen) == 6
+
+def test_text_file_and_vocabulary_checks(tmp_path):
+    text = tmp_path / 'poem.txt'
+    text.write_text('the quick brown fox jumps over the lazy dog\n' * 30, encoding='utf-8')
+    ckpt = tmp_path / 'p.npz'
+    assert _run('--data', str(text), *TINY, '--iters', '3', '--save', str(ckpt))[0] == 0
+    assert len(load_lm(ckpt)[1]) == len(set(text.read_text()))
+    other = tmp_path / 'other.txt'; other.write_text('ZZZ!!! ' * 100)
+    code, out, err = _run('--resume', str(ckpt), '--iters', '5', '--data', str(other))
+    assert code == 1 and "lacks: '!', 'Z'" in err, err
+    bad = tmp_path / 'bad.txt'; bad.write_bytes(b'\xff\xfe abc' * 50)
+    code, out, err = _run('--data', str(bad), *TINY, '--iters', '2')
+    assert code == 1 and 'is not UTF-8 text' in err, err
+    code, out, err = _run('--data', str(tmp_path / 'missing.txt'), *TINY, '--iters', '2')
+    assert code == 1 and 'cannot read' in err, err
+
+@pytest.mark.parametrize('bad, message', [
+    (['--iters', '0'], 'expected a positive int'), (['--lr', 'inf'], 'a finite number > 0'),
+    (['--model', 'transformer'], 'invalid choice'), (['--dropout', '1'], 'a probability in [0, 1)'),
+    (['--d-model', '10', '--heads', '4'], 'not divisible by --heads'), (['--save', ''], 'a non-empty name'),
+    (['--resume', 'no-such.npz'], 'argument --resume'), (['--val-fraction', '0'], 'a fraction in (0, 1)'),
+])
+def test_bad_arguments_exit_2_before_any_text_is_read(monkeypatch, bad, message):
+    monkeypatch.setattr(cli_lm, '_read_text', lambda args: pytest.fail('read the text before refusing'))
+    code, out, err = _run(*bad)
+    assert code == 2 and message in err, (bad, err)
+
+def test_unwritable_save_and_sample_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_lm, '_read_text', lambda args: pytest.fail('read the text before refusing'))
+    code, out, err = _run('--save', str(tmp_path))
+    assert code == 2 and 'is a directory' in err
+    code, out, err = _run('--save', str(tmp_path / 'no' / 'g.npz'))
+    assert code == 2 and 'does not exist' in err
+    for bad, message in ((['--temperature', '0'], 'a finite number > 0'), (['--top-k', '0'], 'a positive int')):
+        code, out, err = _run('sample', 'x.npz', *bad)
+        assert code == 2 and message in err
+    other = tmp_path / 'plain.npz'
+    from tinynn_book.layers import Dense
+    from tinynn_book.losses import SoftmaxCrossEntropy
+    from tinynn_book.optim import Adam
+    Model([Dense(2, 3)], SoftmaxCrossEntropy(), Adam()).save(other)
+    code, out, err = _run('sample', str(other))
+    assert code == 1 and 'not a tinynn-lm one' in err, err
+
+def test_ctrl_c_saves_the_last_completed_step(tmp_path, monkeypatch):
+    calls, real = [], cli_lm.clip_grad_norm
+    def clip(grads, max_norm):
+        calls.append(1)
+        if len(calls) == 5: raise KeyboardInterrupt
+        return real(grads, max_norm)
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
+    code, out, err = _run(*TINY, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
+    assert code == 130 and err == 'tinynn-lm: interrupted after 4 of 50 steps\n', err
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
+    assert _run(*TINY, '--iters', '4', '--save', str(tmp_path / 'four.npz'))[0] == 0
+    cut, four = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'four.npz')
+    assert cut[2]['step'] == 4
+    for k, p in four[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_saves_and_exits_130(tmp_path, sig):
+    "The command in a subprocess, sent SIGINT (what Ctrl-C sends) or SIGTERM once it has evaluated twice"
+    ckpt = tmp_path / 'g.npz'
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(_script() + TINY + ['--iters', '100000', '--save', str(ckpt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        evaluations, deadline = 0, time.monotonic() + 120
+        for line in proc.stdout:
+            evaluations += 'val_loss' in line
+            if evaluations == 2 or time.monotonic() > deadline: break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
+    step = load_lm(ckpt)[2]['step']
+    assert step >= 10 and f'checkpoint of step {step}' in out
