@@ -18,6 +18,7 @@ IDS = [p.stem for p in CHAPTERS]
 PLUMBING = {
     '06_mnist': {'gunzip', 'read_bytes', 'cache_dir', 'find_files', 'download_mnist', 'load_folder', 'load_sample'},
     'cli': set(),
+    '13_data_parallel': {'import_mpi', 'mpi_world', 'mpiexec_path', 'mpi_run'},
 }
 
 
