@@ -245,3 +245,28 @@ def test_uneven_batches_and_a_rank_without_examples(tmp_path):
     one = model(mlp)
     one.fit(x, y, 2, batch_size=3, progress=False, verbose=False)
     assert max_diff(one, Model.load(out)) < 1e-12
+
+
+@needs_mpi
+def test_an_exception_inside_with_aborts_the_job(tmp_path):
+    "What the command does (train_mnist inside `with dp:`): rank 1's exception ends both ranks, with the reason"
+    script = tmp_path / 'with.py'
+    script.write_text(textwrap.dedent('''
+        import numpy as np
+        from tinynn_book.parallel import data_parallel
+        from tinynn_book.model import Model
+        from tinynn_book.losses import SoftmaxCrossEntropy
+        from tinynn_book.optim import Adam
+        from tinynn_book.mnist import mlp
+        rng = np.random.default_rng(0)
+        x, y = rng.random((64, 1, 28, 28)), rng.integers(0, 10, 64)
+        model = Model(mlp(rng=0, dtype=np.float64), SoftmaxCrossEntropy(), Adam())
+        dp = data_parallel(model)
+        with dp:
+            model.fit(x, y, 1, batch_size=16, progress=False, verbose=False)
+            if dp.rank == 1: raise OSError("cannot write the plot on rank 1")
+            model.fit(x, y, 1, batch_size=16, progress=False, verbose=False)   # rank 0 waits in here
+    '''))
+    try: r = mpi_run([sys.executable, script], n=2, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired: pytest.fail("the job hung")
+    assert r.returncode != 0 and 'rank 1 of 2 failed' in r.stderr and 'cannot write the plot' in r.stderr
