@@ -35,7 +35,8 @@ setuptools.setup(
     package_data={cfg['lib_path']: ['data/*']},
     install_requires=cfg['requirements'].split(),
     extras_require={'dev': cfg['dev_requirements'].split(), 'gpu': cfg['gpu_requirements'].split(),
-                    'torch': cfg['torch_requirements'].split()},
+                    'torch': cfg['torch_requirements'].split(),
+                    'mpi': cfg['mpi_requirements'].split()},
     entry_points={
         'console_scripts': cfg['console_scripts'].split(),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

@@ -11,13 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
-CHAPTERS = sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + sorted(NBS.glob('cli.ipynb'))
+CHAPTERS = sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + sorted(NBS.glob('cli*.ipynb'))
 IDS = [p.stem for p in CHAPTERS]
 
 # Exported names a reader need not read: file formats, downloads, argument parsing, checkpoint file checks.
 PLUMBING = {
     '06_mnist': {'gunzip', 'read_bytes', 'cache_dir', 'find_files', 'download_mnist', 'load_folder', 'load_sample'},
     'cli': set(),
+    '13_data_parallel': {'import_mpi', 'mpi_world', 'mpiexec_path', 'mpi_run'},
 }
 
 
