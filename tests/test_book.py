@@ -201,3 +201,133 @@ def test_cell_options_parse_as_quarto_parses_them(proc, nb):
         except yaml.YAMLError as e: bad.append(f'cell {i}: {e}\n{opts}'); continue
         if parsed is not None and not isinstance(parsed, dict): bad.append(f'cell {i}: options are not a mapping:\n{opts}')
     assert not bad, f"{nb.name}: Quarto would refuse these cell options:\n" + '\n'.join(bad)
+
+
+# ---- Every generated doc link lands on an anchor that exists ---------------------------------------------------
+# nbdev turns a backticked name in prose into a link to the name's doc section (`Dense` -> dense.html#dense). A
+# name with no doc section (a private helper such as `_pair`, or a method call such as `history.plot`) still gets
+# a link, to an anchor that does not exist. The anchors are the headings Quarto will number: the show_doc sections
+# nbdev_proc_nbs writes (### Dense, ### Dense.forward) and the prose headings, with pandoc's identifier rules.
+DOC_BASE = 'https://tinynn-book.github.io/tinynn-book/'
+
+
+def _text(x): return ''.join(x) if isinstance(x, list) else x
+
+
+def pandoc_id(heading):
+    "The id pandoc's auto_identifiers gives a heading: link text kept, punctuation but `_-.` dropped, lowercased"
+    t = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', heading)
+    t = ''.join(ch for ch in re.sub(r'[`*]', '', t).strip() if ch.isalnum() or ch in '_-. \n').lower()
+    return re.sub(r'^[^a-z]+', '', re.sub(r'\s+', '-', t)) or 'section'
+
+
+def test_pandoc_id():
+    assert pandoc_id('Dense.forward') == 'dense.forward' and pandoc_id('## The `Model`: fit') == 'the-model-fit'
+    assert pandoc_id('_check_hyper') == 'check_hyper'   # a private name never gets its own anchor anyway
+
+
+def page_texts(c):
+    "The markdown a cell puts on the page: its prose, or its markdown outputs (show_doc sections)"
+    if c['cell_type'] == 'markdown': yield _text(c['source'])
+    for o in c.get('outputs', []):
+        if 'text/markdown' in o.get('data', {}): yield _text(o['data']['text/markdown'])
+
+
+def page_anchors(proc_dir):
+    "{page.html: {anchor, ...}} for every processed notebook, its page name taken from nbdev's output-file"
+    pages = {}
+    for f in sorted(proc_dir.glob('*.ipynb')):
+        src = cells(f)
+        m = re.search(r'^output-file:\s*(\S+)', src[0]['source'], re.M) if src else None
+        ids = set()
+        for c in src:
+            for t in page_texts(c):
+                for h in re.finditer(r'^#{1,6}\s+(.*?)\s*(\{[^}]*\})?\s*$', re.sub(r'```.*?```', '', t, flags=re.S), re.M):
+                    explicit = re.search(r'#([\w.:-]+)', h.group(2) or '')
+                    ids.add(explicit.group(1) if explicit else pandoc_id(h.group(1)))
+        pages[m.group(1) if m else f.stem + '.html'] = ids
+    return pages
+
+
+def doc_links(c):
+    "(page, anchor, context) for every link to a section of the site in what a cell shows"
+    for t in page_texts(c):
+        for m in re.finditer(rf'\]\((?:{re.escape(DOC_BASE)})?([\w-]+\.html)#([^)\s]+)\)', t):
+            yield m.group(1), m.group(2), t[max(0, m.start() - 50):m.end()]
+
+
+def test_link_check_can_fail():
+    "A link to an undocumented helper is caught, a link to a documented name passes"
+    pages = {'conv.html': {'conv2d', 'conv2d.backward'}}
+    cell = {'cell_type': 'markdown', 'source': f'uses [`_pair`]({DOC_BASE}conv.html#_pair) and [`Conv2D`]({DOC_BASE}conv.html#conv2d)'}
+    assert [(p, a) for p, a, _ in doc_links(cell) if a not in pages.get(p, set())] == [('conv.html', '_pair')]
+
+
+@pytest.mark.parametrize('nb', CHAPTERS + [NBS / 'index.ipynb'], ids=IDS + ['index'])
+def test_doc_links_resolve(proc, nb):
+    "Every link nbdev generated from a backticked name points at a doc section that exists on the site"
+    proc_dir, _ = proc
+    pages = page_anchors(proc_dir)
+    broken = [f'{page}#{anchor}   …{ctx[-110:]!r}' for c in cells(proc_dir / nb.name)
+              for page, anchor, ctx in doc_links(c) if anchor not in pages.get(page, set())]
+    assert not broken, (f"{nb.name}: {len(broken)} link(s) to anchors that do not exist (backtick only documented public "
+                        "names; write a private helper as a call, `_pair(v, ...)`, or a method as `Class`'s `method`):\n"
+                        + '\n'.join(broken))
+
+
+# ---- Run All, as a reader's Jupyter does -------------------------------------------------------------------------
+# nbdev_test (tests/test_notebooks.py) skips `#| eval: false` cells, which only nbdev and Quarto read: Jupyter's Run
+# All executes them, and chapter 10's unguarded GPU cells once stopped it on any machine without CuPy. Here every
+# code cell runs in order, `eval: false` ones included; `#| slow` cells (minutes of training) and the closing
+# `nbdev_export()` cell (it would rewrite the package) are left out, as a reader can leave them out.
+# A chapter with no `eval: false` cell outside its slow cells runs exactly the cells nbdev_test runs, in the same
+# order and in the same kind of IPython shell, so tests/test_notebooks.py has already run its Run All: only the
+# chapters with such cells are executed again here, which keeps CI from running every chapter twice.
+RUN_ALL = sorted(NBS.glob('*.ipynb'))   # by glob: chapters 11-13, cli_lm and whatever comes next are included
+
+
+def _options(src):
+    "A code cell's `#|` options, as {name: value}"
+    opts = {}
+    for line in src.splitlines():
+        if not line.startswith('#|'): break
+        key, _, val = line[2:].strip().partition(':')
+        opts[key.strip()] = val.strip().lower()
+    return opts
+
+
+def _skipped_by_run_all(c):
+    if c['cell_type'] != 'code': return True
+    opts = _options(c['source'])
+    return 'slow' in opts or 'nbdev_export' + '(' in c['source']
+
+
+def _skipped_by_nbdev_test(c): return _skipped_by_run_all(c) or _options(c['source']).get('eval') == 'false'
+
+
+def needs_own_run_all(nb):
+    "Does Run All (slow cells aside) execute a cell that nbdev_test does not?"
+    return any(not _skipped_by_run_all(c) and _skipped_by_nbdev_test(c) for c in cells(nb))
+
+
+def test_run_all_selection():
+    "The selection is not empty today (chapters 5 and 10 hold eval: false cells) and can tell the two runners apart"
+    slow_only = {'cell_type': 'code', 'source': '#| slow\n#| eval: false\nfit()'}
+    gpu = {'cell_type': 'code', 'source': '#| eval: false\nmodel.to("gpu")'}
+    assert _skipped_by_run_all(slow_only) and not _skipped_by_run_all(gpu) and _skipped_by_nbdev_test(gpu)
+    assert [p.stem for p in RUN_ALL if needs_own_run_all(p)], 'no notebook with eval: false cells found'
+
+
+@pytest.mark.parametrize('nb', RUN_ALL, ids=[p.stem for p in RUN_ALL])
+def test_run_all_reaches_the_end(nb):
+    "Jupyter's Run All (slow cells aside) runs to the last cell on a machine without a GPU or CuPy"
+    if not needs_own_run_all(nb):
+        pytest.skip('no eval: false cells: its Run All is what tests/test_notebooks.py runs')
+    from execnb.nbio import read_nb
+    from execnb.shell import CaptureShell
+    from fastcore.xtras import working_directory
+    notebook = read_nb(nb)
+    shell = CaptureShell(nb)
+    with working_directory(nb.parent):
+        try: shell.run_all(notebook, exc_stop=True, preproc=lambda c: _skipped_by_run_all(c))
+        except Exception: pytest.fail(f"{nb.name}: Run All stops:\n{shell.prettytb(fname=nb)}")
