@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cell_markdown(cell):
     src = cell.source.strip()
-    if cell.cell_type == 'markdown': return src
+    # Quarto's executable-looking ```{mermaid} is GitHub's ```mermaid: the README shows the same diagram
+    if cell.cell_type == 'markdown': return src.replace('```{mermaid}', '```mermaid')
     lines = src.splitlines()
     directives = [l for l in lines if l.startswith('#|')]
     if any(d.split()[1:2] in (['hide'], ['export'], ['exporti']) for d in directives): return ''
