@@ -19,12 +19,7 @@ Usage: python bench/bench_gpt.py [--threads 1,2] [--pairs 6] [--steps 10]
 import argparse, datetime, json, os, platform, statistics, subprocess, sys, time
 from pathlib import Path
 
-def _threads_from_argv():
-    "The --child-threads value, read before numpy loads: OpenBLAS fixes its thread count when it starts"
-    for i, a in enumerate(sys.argv):
-        if a == '--child-threads': return sys.argv[i + 1]
-    return '2'
-for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[_var] = _threads_from_argv()
+import _threads  # noqa: F401  (sets the BLAS thread count from --child-threads before numpy loads)
 import numpy as np
 
 V, T, D, H, L, B = 65, 64, 128, 4, 4, 12

@@ -25,12 +25,7 @@ Usage: python bench/bench_train.py [--models mlp,lenet,resnet] [--threads 1,2] [
 import argparse, datetime, json, os, platform, resource, statistics, subprocess, sys, time
 from pathlib import Path
 
-def _threads_from_argv():
-    "The --child-threads value, read before numpy loads: OpenBLAS fixes its thread count when it starts"
-    for i, a in enumerate(sys.argv):
-        if a == '--child-threads': return sys.argv[i + 1]
-    return '2'
-for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[_var] = _threads_from_argv()
+import _threads  # noqa: F401  (sets the BLAS thread count from --child-threads before numpy loads)
 import numpy as np
 
 BATCH, LR, STEPS_PER_EPOCH = 128, 1e-3, -(-60_000 // 128)
