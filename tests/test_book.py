@@ -5,7 +5,7 @@ source. A chapter's page must show the code the chapter teaches, so every public
 exports must appear as source in the processed notebook, unless it is listed below as plumbing (and then the
 chapter's prose names it, so the reader knows it exists and where it lives).
 """
-import ast, json, os, re, shutil, subprocess
+import ast, json, os, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -370,3 +370,34 @@ def test_every_exercise_has_a_solution(nb):
     assert n >= 3, f'{nb.name}: found {n} exercises under "## Exercises"'
     if nb.stem in UNSOLVED: pytest.xfail('solutions not written yet (issue 22)')
     assert solution_numbers(nb) == list(range(1, n + 1)), f'{nb.name}: {n} exercises, solutions {solution_numbers(nb)}'
+
+
+# ---- A reader who finishes chapter N can import it without loading any later chapter ---------------------------------
+def chapter_modules():
+    "The module each numbered chapter exports to, in the book's order, then the appendices' (cli*.ipynb)"
+    mods = []
+    for nb in CHAPTERS:
+        m = re.search(r'^#\|\s*default_exp\s+(\S+)', '\n'.join(c['source'] for c in cells(nb)), re.M)
+        if m: mods.append(m.group(1))
+    return mods
+
+
+def test_no_chapter_imports_a_later_one():
+    "Importing chapter N's module loads no module of a chapter after N (beyond the core chapters __init__ loads)"
+    mods = chapter_modules()
+    assert mods[:3] == ['tensor', 'layers', 'losses'] and len(mods) >= 14, mods
+    code = ("import importlib, sys, json; mods = json.loads(sys.argv[1]); bad = {}\n"
+            "import tinynn_book; core = {n for n in mods if 'tinynn_book.' + n in sys.modules}\n"
+            "if not core <= set(mods[:7]): bad['__init__'] = sorted(core - set(mods[:7]))\n"
+            "for i, m in enumerate(mods):\n"
+            "    importlib.import_module('tinynn_book.' + m)\n"
+            "    later = [n for n in mods[i + 1:] if 'tinynn_book.' + n in sys.modules and n not in core]\n"
+            "    if later: bad[m] = later\n"
+            "    for n in mods: sys.modules.pop('tinynn_book.' + n, None)\n"
+            "    sys.modules.pop('tinynn_book', None)\n"
+            "print(json.dumps(bad))")
+    numbered = [m for m, nb in zip(mods, CHAPTERS) if nb.stem[:2].isdigit()]
+    r = subprocess.run([sys.executable, '-c', code, json.dumps(numbered)], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == {}, f"modules that load a later chapter's: {r.stdout}"
