@@ -6,7 +6,7 @@ from nbdev.test import test_nb as run_notebook  # renamed so pytest does not col
 
 NBS = Path(__file__).resolve().parent.parent/'nbs'
 # the chapters, the appendix (the command) and the front page, whose quick start runs too
-NOTEBOOKS = sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + sorted(NBS.glob('cli.ipynb')) + [NBS/'index.ipynb']
+NOTEBOOKS = sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + sorted(NBS.glob('cli*.ipynb')) + [NBS/'index.ipynb']
 
 def test_found_the_chapters(): assert len(NOTEBOOKS) >= 8, NOTEBOOKS
 
