@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse, json, math, os, signal, sys, threading, time
 from pathlib import Path
 import numpy as np
-from .tensor import (array_module, as_float, check_input, get_device, to_device,
-                                to_numpy)
+from .tensor import (array_module, as_float, check_input, get_device,
+                                to_device, to_numpy)
 from .model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_KEY, Model,
                                Net, describe, _CheckpointFile, _checkpoint_arrays,
                                _interrupts_deferred, _read_meta, _write_atomic)
@@ -16,8 +16,9 @@ from .layers import Layer, Tanh, check_arg
 from .optim import warmup_cosine_lr
 from .cli import _cannot_write, _number
 from . import rnn
-from .rnn import (Embedding, Linear, SequenceCrossEntropy, char_lm, clip_grad_norm,
-                             load_shakespeare, random_windows, stream_loss)
+from .rnn import (Embedding, Linear, SequenceCrossEntropy, char_lm,
+                             clip_grad_norm, load_shakespeare, random_windows,
+                             stream_loss)
 from .transformer import GPT, GPTAdamW, sample_logits
 
 # %% auto #0
@@ -43,7 +44,7 @@ def _gpt(V, args, rng):
 
 # %% ../nbs/cli_lm.ipynb #97ddef7c
 class CausalWindow(Layer):
-    "(N, T, D) -> (N, T, k·D): at each position the k vectors up to it, zeros before the start"
+    "(N, T, D) -> (N, T, k·D): at each position the k vectors up to it, zeros before"
     def __init__(self, k:int): # how many vectors each position sees (itself included)
         super().__init__()
         self.k = check_arg(k, 'k', 'CausalWindow')
@@ -183,8 +184,9 @@ def encode(text:str, vocab:str, what='the text'): # vocab: characters in id orde
 
 # %% ../nbs/cli_lm.ipynb #10fa4cd3
 # what a resumed run takes from its checkpoint
-RESUMED = ('model', 'context', 'd_model', 'heads', 'layers', 'hidden', 'window', 'dropout',
-           'batch_size', 'lr', 'warmup', 'weight_decay', 'clip', 'val_fraction', 'seed')
+RESUMED = ('model', 'context', 'd_model', 'heads', 'layers', 'hidden', 'window',
+           'dropout', 'batch_size', 'lr', 'warmup', 'weight_decay', 'clip', 'val_fraction',
+           'seed')
 
 def _check_train_args(p, args):
     "Errors found before any text is read (exit code 2); loads the checkpoint to resume"
