@@ -137,3 +137,98 @@ def test_a_real_signal_saves_and_exits_130(tmp_path, sig):
     assert 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
     step = load_lm(ckpt)[2]['step']
     assert step >= 10 and f'checkpoint of step {step}' in out
+
+# --- every model of chapters 11 and 12 -------------------------------------------------------------------------
+SMALL = {'bigram': [], 'mlp': ['--window', '3', '--hidden', '24'], 'rnn': ['--hidden', '24'],
+         'lstm': ['--hidden', '24'], 'gru': ['--hidden', '24'], 'gpt': []}
+
+def test_the_help_lists_every_model():
+    code, out, err = _run('--help')
+    assert code == 0 and '{bigram,mlp,rnn,lstm,gru,gpt}' in out, out
+    assert list(cli_lm.MODELS) == ['bigram', 'mlp', 'rnn', 'lstm', 'gru', 'gpt']
+
+@pytest.mark.parametrize('name, layers', [
+    ('bigram', ['Embedding']), ('mlp', ['Embedding', 'CausalWindow', 'Linear', 'Tanh', 'Linear']),
+    ('rnn', ['Embedding', 'RNN', 'Linear']), ('lstm', ['Embedding', 'LSTM', 'Linear']),
+    ('gru', ['Embedding', 'GRU', 'Linear'])])
+def test_every_model_trains_saves_resumes_and_samples(tmp_path, name, layers):
+    ckpt = tmp_path / f'{name}.npz'
+    code, out, err = _run(*TINY, '--model', name, *SMALL[name], '--iters', '6', '--save', str(ckpt))
+    assert code == 0 and out.count('val_loss') == 2 and out.startswith(f'{name}: '), err
+    model, vocab, lm = load_lm(ckpt)
+    assert [type(l).__name__ for l in model.net.layers] == layers and lm['options']['model'] == name
+    before = {k: p.copy() for k, p in model.net.params.items()}
+    code, out, err = _run('--resume', str(ckpt), '--iters', '9', '--save', str(ckpt))
+    assert code == 0 and 'steps 7-9' in out and out.startswith(f'{name}: '), err
+    resumed = load_lm(ckpt)[0]
+    assert lm['step'] == 6 and load_lm(ckpt)[2]['step'] == 9
+    assert any(not np.array_equal(before[k], p) for k, p in resumed.net.params.items())  # it trained on
+    code, out, err = _run('sample', str(ckpt), '--tokens', '30', '--top-k', '5', '--prompt', 'KING')
+    assert code == 0 and out.startswith('KING') and len(out) == 4 + 30 + 1, (out, err)
+    assert set(out[:-1]) <= set(vocab)
+
+def test_the_mlp_is_causal_and_reads_window_characters():
+    "Logits at position t change with the characters t-k+1 … t and with no other"
+    args = cli_lm._train_parser().parse_args(['--model', 'mlp', '--window', '3', '--d-model', '4', '--hidden', '8'])
+    net = cli_lm.MODELS['mlp'](10, args, np.random.default_rng(0))
+    x = np.random.default_rng(1).integers(0, 10, (2, 9))
+    base = net.forward(x)
+    for s in range(9):
+        changed = x.copy(); changed[:, s] = (changed[:, s] + 1) % 10
+        moved = np.abs(net.forward(changed) - base).max(axis=(0, 2)) > 0
+        assert moved.tolist() == [s <= t < s + 3 for t in range(9)], (s, moved)
+
+def test_causal_window_matches_pytorch():
+    torch = pytest.importorskip('torch')
+    rng = np.random.default_rng(0)
+    for (N, T, D), k in (((2, 7, 3), 4), ((3, 1, 2), 3), ((1, 5, 4), 1), ((2, 3, 2), 6)):
+        x, g = rng.normal(size=(N, T, D)), rng.normal(size=(N, T, k * D))
+        win = cli_lm.CausalWindow(k)
+        y = win.forward(x); dx = win.backward(g)
+        xt = torch.tensor(x, requires_grad=True)
+        padded = torch.nn.functional.pad(xt, (0, 0, k - 1, 0))
+        yt = torch.cat([padded[:, j:j + T] for j in range(k)], dim=2)
+        (yt * torch.tensor(g)).sum().backward()
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+        assert y.dtype == dx.dtype == np.float64
+    assert cli_lm.CausalWindow(2).forward(np.zeros((1, 3, 2), np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match=r'CausalWindow\(k=2\).backward expected input of shape \(1, 3, 4\)'):
+        win = cli_lm.CausalWindow(2); win.forward(np.zeros((1, 3, 2))); win.backward(np.zeros((1, 3, 2)))
+    with pytest.raises(ValueError, match='expected k to be a positive integer'): cli_lm.CausalWindow(0)
+
+@pytest.mark.parametrize('name', ['bigram', 'mlp', 'rnn', 'lstm', 'gru'])
+def test_ctrl_c_saves_the_last_completed_step_of_every_model(tmp_path, monkeypatch, name):
+    calls, real = [], cli_lm.clip_grad_norm
+    def clip(grads, max_norm):
+        calls.append(1)
+        if len(calls) == 4: raise KeyboardInterrupt
+        return real(grads, max_norm)
+    argv = [*TINY, '--model', name, *SMALL[name]]
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
+    code, out, err = _run(*argv, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
+    assert code == 130 and err == 'tinynn-lm: interrupted after 3 of 50 steps\n', err
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
+    assert _run(*argv, '--iters', '3', '--save', str(tmp_path / 'three.npz'))[0] == 0
+    cut, three = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'three.npz')
+    assert cut[2]['step'] == 3
+    for k, p in three[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+
+@pytest.mark.parametrize('name', ['mlp', 'lstm'])
+def test_sigterm_saves_a_recurrent_and_an_mlp_model(tmp_path, name):
+    ckpt = tmp_path / 'm.npz'
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(_script() + TINY + ['--model', name, *SMALL[name], '--iters', '100000', '--save', str(ckpt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        evaluations, deadline = 0, time.monotonic() + 120
+        for line in proc.stdout:
+            evaluations += 'val_loss' in line
+            if evaluations == 2 or time.monotonic() > deadline: break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130 and 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
+    model, vocab, lm = load_lm(ckpt)
+    assert lm['step'] >= 10 and lm['options']['model'] == name

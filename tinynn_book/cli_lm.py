@@ -7,44 +7,76 @@ from __future__ import annotations
 import argparse, json, math, os, signal, sys, threading, time
 from pathlib import Path
 import numpy as np
-from .tensor import get_device, to_device, to_numpy
+from .tensor import (array_module, as_float, check_input, get_device,
+                                to_device, to_numpy)
 from .model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_KEY, Model,
                                Net, describe, _CheckpointFile, _checkpoint_arrays,
                                _interrupts_deferred, _read_meta, _write_atomic)
+from .layers import Layer, Tanh, check_arg
 from .optim import warmup_cosine_lr
 from .cli import _cannot_write, _number
 from . import rnn
-from .rnn import (SequenceCrossEntropy, clip_grad_norm, load_shakespeare,
-                             random_windows, stream_loss)
+from .rnn import (Embedding, Linear, SequenceCrossEntropy, char_lm,
+                             clip_grad_norm, load_shakespeare, random_windows,
+                             stream_loss)
 from .transformer import GPT, GPTAdamW, sample_logits
 
 # %% auto #0
-__all__ = ['MODELS', 'RESUMED', 'save_lm', 'load_lm', 'encode', 'generate_text', 'main']
+__all__ = ['MODELS', 'RESUMED', 'CausalWindow', 'save_lm', 'load_lm', 'encode', 'generate_text', 'main']
 
 # %% ../nbs/cli_lm.ipynb #f1dab74e
-def _gpt(V, args, rng): # vocabulary size; parsed options; Generator for the weights
+def _bigram(V, args, rng): # vocabulary size; parsed options; Generator for the weights
+    "Chapter 11's neural bigram: an Embedding whose rows are the next character's logits"
+    emb = Embedding(V, V, rng=rng)
+    emb.params['w'][...] = 0                # uniform predictions to start: loss ln V
+    return Net([emb])
+
+def _recurrent(cell):
+    "A builder of chapter 11's `char_lm`: Embedding → RNN, LSTM or GRU → Linear"
+    def build(V, args, rng): return char_lm(V, args.d_model, args.hidden, cell, rng=rng)
+    return build
+
+def _gpt(V, args, rng):
     "Chapter 12's GPT"
     return GPT(V, args.context, args.d_model, args.heads, args.layers, args.dropout,
                rng=rng)
 
-def _bigram(V, args, rng):
-    "Chapter 11's neural bigram: an Embedding whose rows are the next character's logits"
-    emb = rnn.Embedding(V, V, rng=rng)
-    emb.params['w'][...] = 0                # uniform predictions to start: loss ln V
-    return Net([emb])
 
-def _recurrent(kind):
-    "A builder for Embedding → chapter 11's RNN, LSTM or GRU → Linear head"
-    def build(V, args, rng):
-        D, H = args.d_model, args.hidden
-        return Net([rnn.Embedding(V, D, rng=rng), getattr(rnn, kind)(D, H, rng=rng),
-                    rnn.Linear(H, V, rng=rng)])
-    build.__doc__ = f"Embedding, chapter 11's {kind}, Linear"
-    return build
+# %% ../nbs/cli_lm.ipynb #97ddef7c
+class CausalWindow(Layer):
+    "(N, T, D) -> (N, T, k·D): at each position the k vectors up to it, zeros before"
+    def __init__(self, k:int): # how many vectors each position sees (itself included)
+        super().__init__()
+        self.k = check_arg(k, 'k', 'CausalWindow')
+    def config(self): return dict(k=self.k)
 
-MODELS = {'gpt': _gpt, 'bigram': _bigram}
-MODELS.update({kind.lower(): _recurrent(kind) for kind in ('RNN', 'LSTM', 'GRU')
-               if hasattr(rnn, kind)})
+    def forward(self, x):
+        x, k = as_float(x), self.k
+        if x.ndim != 3:
+            raise ValueError(f"{self!r} expected input of shape (N, T, D), got {x.shape}")
+        N, T, D = self.shape = x.shape
+        padded = array_module(x).zeros((N, T + k - 1, D), x.dtype)
+        padded[:, k - 1:] = x
+        return array_module(x).concatenate([padded[:, j:j + T] for j in range(k)], axis=2)
+
+    def backward(self, grad):
+        (N, T, D), k = self.shape, self.k
+        grad = check_input(grad, (N, T, k * D), f'{self!r}.backward')
+        padded = array_module(grad).zeros((N, T + k - 1, D), grad.dtype)
+        for j in range(k): padded[:, j:j + T] += grad[:, :, j * D:(j + 1) * D]
+        return padded[:, k - 1:]
+
+
+# %% ../nbs/cli_lm.ipynb #050f008a
+def _mlp(V, args, rng):
+    "Chapter 11's MLP at every position: embed, join the last --window vectors, tanh"
+    D, H, k = args.d_model, args.hidden, args.window
+    return Net([Embedding(V, D, rng=rng), CausalWindow(k), Linear(k * D, H, rng=rng),
+                Tanh(), Linear(H, V, rng=rng)])
+
+MODELS = {'bigram': _bigram, 'mlp': _mlp, 'rnn': _recurrent('rnn'),
+          'lstm': _recurrent('lstm'), 'gru': _recurrent('gru'), 'gpt': _gpt}
+
 
 # %% ../nbs/cli_lm.ipynb #3231b6f9
 _positive_int = _number(int, lambda v: v > 0, 'a positive int')
@@ -56,18 +88,24 @@ _probability = _number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
 _fraction = _number(float, lambda v: 0 < v < 1, 'a fraction in (0, 1)')
 _name = _number(str, lambda v: v.strip() != '', 'a non-empty name')
 
+
+# %% ../nbs/cli_lm.ipynb #7b63e175
 def _train_parser():
     p = argparse.ArgumentParser(prog='tinynn-lm', description='Train a character '
                                 'language model on a text; `tinynn-lm sample` writes.')
     a = p.add_argument
     a('--data', type=_name, metavar='PATH',
       help='UTF-8 text file (default: the bundled Shakespeare sample)')
-    a('--model', choices=sorted(MODELS), default='gpt', help='model (default: gpt)')
-    a('--context', type=_positive_int, default=64, help='window (default: 64)')
-    a('--d-model', type=_positive_int, default=128, help='GPT width, RNN embedding (128)')
+    a('--model', choices=list(MODELS), default='gpt',
+      help='bigram, mlp, rnn, lstm, gru (chapter 11) or gpt (chapter 12; the default)')
+    a('--context', type=_positive_int, default=64, help='characters per window (64)')
+    a('--d-model', type=_positive_int, default=128,
+      help='GPT width; embedding of mlp, rnn, lstm, gru (128)')
     a('--heads', type=_positive_int, default=4, help='GPT attention heads (default: 4)')
     a('--layers', type=_positive_int, default=4, help='GPT blocks (default: 4)')
-    a('--hidden', type=_positive_int, default=256, help='RNN hidden size (default: 256)')
+    a('--hidden', type=_positive_int, default=256,
+      help='hidden units of mlp, rnn, lstm, gru (default: 256)')
+    a('--window', type=_positive_int, default=8, help='characters mlp reads (default: 8)')
     a('--dropout', type=_probability, default=0.0, metavar='P', help='GPT dropout (0)')
     a('--iters', type=_positive_int, default=2000, help='training steps (default: 2000)')
     a('--batch-size', type=_positive_int, default=12, help='windows per step (12)')
@@ -146,8 +184,9 @@ def encode(text:str, vocab:str, what='the text'): # vocab: characters in id orde
 
 # %% ../nbs/cli_lm.ipynb #10fa4cd3
 # what a resumed run takes from its checkpoint
-RESUMED = ('model', 'context', 'd_model', 'heads', 'layers', 'hidden', 'dropout',
-           'batch_size', 'lr', 'warmup', 'weight_decay', 'clip', 'val_fraction', 'seed')
+RESUMED = ('model', 'context', 'd_model', 'heads', 'layers', 'hidden', 'window',
+           'dropout', 'batch_size', 'lr', 'warmup', 'weight_decay', 'clip', 'val_fraction',
+           'seed')
 
 def _check_train_args(p, args):
     "Errors found before any text is read (exit code 2); loads the checkpoint to resume"
@@ -157,7 +196,9 @@ def _check_train_args(p, args):
     if args.resume:
         try: args.checkpoint = load_lm(args.resume)
         except (OSError, ValueError) as e: p.error(f"argument --resume: {e}")
-        for k in RESUMED: setattr(args, k, args.checkpoint[2]['options'][k])
+        saved = args.checkpoint[2]['options']
+        # an option newer than the checkpoint keeps the command line's value
+        for k in RESUMED: setattr(args, k, saved.get(k, getattr(args, k)))
         if (done := args.checkpoint[2]['step']) >= args.iters:
             p.error(f"argument --iters: {args.resume} has done {done} steps; ask more")
     if args.model == 'gpt' and args.d_model % args.heads:
