@@ -303,3 +303,167 @@ def test_activation_parity_with_torch(layer, approximate):
     ty.sum().backward()
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dx, t.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ---- issue 20: careless and hostile use ----
+
+def test_no_grad_is_per_thread():
+    import threading
+    w = Tensor(np.ones(3), requires_grad=True)
+    inside, done, seen = threading.Event(), threading.Event(), []
+    def evaluate():                                   # a second thread predicting under no_grad
+        with no_grad(): inside.set(); done.wait(5)
+    t = threading.Thread(target=evaluate); t.start(); inside.wait(5)
+    seen.append((w * 2).requires_grad)                # the training thread keeps recording meanwhile
+    done.set(); t.join()
+    with no_grad():
+        worker = threading.Thread(target=lambda: seen.append((w * 2).requires_grad)); worker.start(); worker.join()
+        seen.append((w * 2).requires_grad)
+    assert seen == [True, True, False]
+
+
+def test_no_grad_nested_restores_the_previous_flag():
+    w = Tensor(np.ones(3), requires_grad=True)
+    with no_grad():
+        with no_grad(): pass
+        assert not (w * 2).requires_grad              # the inner exit restored "off"
+        with pytest.raises(KeyError):
+            with no_grad(): raise KeyError
+        assert not (w * 2).requires_grad
+    assert (w * 2).requires_grad
+
+
+def test_transpose_backward_uses_the_inverse_permutation():
+    rng = np.random.default_rng(0)
+    x, g = Tensor(rng.normal(size=(2, 3, 4)), requires_grad=True), rng.normal(size=(3, 4, 2))
+    x.transpose(1, 2, 0).backward(g)                  # (1, 2, 0) is not its own inverse: (2, 0, 1) is
+    np.testing.assert_array_equal(x.grad, g.transpose(2, 0, 1))
+    assert max(check_tensor_grads(lambda a: a.transpose((2, 0, 1)) * 1.5, rng.normal(size=(2, 3, 4)))) < 1e-8
+
+
+def _in_place_changes():
+    return {'setitem': lambda t: t.data.__setitem__(Ellipsis, 0), 'slice': lambda t: t.data.__setitem__(0, 5.0),
+            'iadd': lambda t: t.data.__iadd__(1), 'view of data': lambda t: t.data[:1].fill(7),
+            'ufunc out=': lambda t: np.multiply(t.data, 0, out=t.data), 'copyto': lambda t: np.copyto(t.data, 3.0),
+            'add.at': lambda t: np.add.at(t.data, [0], 1.0), 'fill': lambda t: t.data.fill(0),
+            'assign data': lambda t: setattr(t, 'data', np.zeros(2))}
+
+
+@pytest.mark.parametrize('change', list(_in_place_changes()))
+def test_in_place_change_between_forward_and_backward_is_refused(change):
+    x, w = Tensor(np.ones(2), requires_grad=True), Tensor(np.array([2.0, 3.0]), requires_grad=True)
+    y = (x * w).sum()
+    _in_place_changes()[change](w)
+    with pytest.raises(RuntimeError, match="backward through 'mul'"): y.backward()
+    x, w = Tensor(np.ones(2), requires_grad=True), Tensor(np.array([2.0, 3.0]), requires_grad=True)
+    y = x.exp() * w                                    # exp saves its own output
+    _in_place_changes()[change](y)
+    with pytest.raises(RuntimeError, match="backward through 'mul'"): y.sum().backward()
+
+
+def test_reading_data_or_changing_a_copy_is_no_change():
+    x, w = Tensor(np.ones(2), requires_grad=True), Tensor(np.array([2.0, 3.0]), requires_grad=True)
+    y = (x * w).sum()
+    d = w.data.copy(); d[...] = 0; c = w.data[[0, 1]]; c += 1        # copies, not w's array
+    _ = w.data * 2, w.data.sum(), repr(w.data), np.asarray(w.data).max()
+    y.backward(retain_graph=True)
+    np.testing.assert_array_equal(x.grad, [2.0, 3.0])
+    w.data -= 1                                        # after backward: fine until the graph is used again
+    with pytest.raises(RuntimeError, match="backward through 'mul'"): y.backward()
+    x.zero_grad(); (x * w).sum().backward()            # a new forward pass sees the new values
+    np.testing.assert_array_equal(x.grad, [1.0, 2.0])
+
+
+def test_mean_over_an_empty_axis_is_an_error():
+    with pytest.raises(ValueError, match=r"mean: axis 0 of a tensor of shape \(0, 3\) is empty"):
+        Tensor(np.ones((0, 3))).mean(axis=0)
+    with pytest.raises(ValueError, match="is empty"): Tensor(np.ones((3, 0))).mean()
+    empty = Tensor(np.ones((0, 3)), requires_grad=True)
+    out = empty.mean(axis=1)                          # averaging 3 numbers, zero times: fine
+    assert out.shape == (0,)
+    out.sum().backward(); assert empty.grad.shape == (0, 3)
+
+
+# ---- issue 20 item 13: the AutogradLayer bridge ----
+
+from tinynn_book.autograd import AutogradLayer, AutogradLoss, AutoReLU
+from tinynn_book.model import Net
+
+
+class _Unused(AutogradLayer):
+    def __init__(self): super().__init__(); self.params = {'w': np.ones(3), 'b': np.ones(3)}
+    def compute(self, x, w, b): return x * w           # b is never used
+
+
+class _Constant(AutogradLayer):
+    def __init__(self): super().__init__(); self.params = {'b': np.ones(3)}
+    def compute(self, x, b): return b * np.ones((len(x), 1))   # does not depend on x
+
+
+def test_unused_parameter_gets_a_zero_gradient_and_trains():
+    rng = np.random.default_rng(0)
+    model = Model(Net([Dense(3, 3, rng=0), _Unused()]), SoftmaxCrossEntropy(), Adam(1e-2))
+    b = model.net.params['1.b'].copy()
+    model.train_step(rng.normal(size=(4, 3)), np.array([0, 1, 2, 0]))
+    np.testing.assert_array_equal(model.net.grads['1.b'], np.zeros(3))
+    np.testing.assert_array_equal(model.net.params['1.b'], b)
+
+
+def test_output_independent_of_the_input_gives_a_zero_input_gradient():
+    net = Net([Dense(3, 3, rng=0), _Constant()])
+    net.forward(np.ones((2, 3)))
+    dx = net.backward(np.ones((2, 3)))
+    np.testing.assert_array_equal(dx, np.zeros((2, 3)))
+    np.testing.assert_array_equal(net.grads['0.w'], np.zeros((3, 3)))
+    np.testing.assert_array_equal(net.grads['1.b'], [2.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize('make', [SiLU, AutoReLU, lambda: AutoDense(3, 2, rng=0)])
+def test_backward_without_a_training_forward_is_refused(make):
+    x, refused = np.ones((2, 3)), "needs a forward pass in training mode first"
+    layer = make(); g = np.ones_like(layer(x)); layer.backward(g)     # forward then backward: fine
+    with pytest.raises(RuntimeError, match=refused): make().backward(g)   # no forward at all
+    with pytest.raises(RuntimeError, match=refused): layer.backward(g)    # twice
+    layer.training = False; layer(x)
+    with pytest.raises(RuntimeError, match=refused): layer.backward(g)    # after an eval-only forward
+    layer.training = True; layer(x); layer.training = False; layer(2 * x)
+    with pytest.raises(RuntimeError, match=refused): layer.backward(g)    # train forward, eval forward
+    layer.training = True; layer(x)
+    with pytest.raises(ValueError, match="expected grad of shape"): layer.backward(np.ones((5, 5)))
+
+
+def test_abstract_bases_are_refused_also_from_a_checkpoint(tmp_path):
+    import json
+    from tinynn_book.model import META_KEY
+    with pytest.raises(TypeError, match="AutogradLayer is abstract"): AutogradLayer()
+    with pytest.raises(TypeError, match="AutogradLoss is abstract"): AutogradLoss()
+    for where, spec in (('layer', {'class': 'AutogradLayer', 'module': 'tinynn_book.autograd', 'config': {}}),
+                        ('loss', {'class': 'AutogradLoss', 'module': 'tinynn_book.autograd', 'config': {}})):
+        path = Model(Net([AutoReLU()]), SoftmaxCrossEntropy(), Adam(1e-3)).save(tmp_path / f'{where}.npz')
+        meta = json.loads(bytes(np.load(path)[META_KEY]).decode())
+        if where == 'layer': meta['net']['config']['layers'][0] = spec
+        else: meta['loss'] = spec
+        np.savez(path, **{META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+        with pytest.raises(ValueError, match="is abstract"): Model.load(path)
+
+
+def test_concrete_subclasses_keep_their_constructor_signatures():
+    import inspect
+    assert list(inspect.signature(AutoDense).parameters)[:2] == ['num_in', 'num_out']
+    assert list(inspect.signature(SiLU).parameters) == []
+    assert AutoDense(4, 2, rng=0).params['w'].shape == (4, 2)
+
+
+# ---- issue 20 item 14: autograd is CPU-only, and says so ----
+
+def test_autograd_layers_refuse_other_devices_and_keep_their_arrays():
+    from tinynn_book.backend import standin_device
+    from tinynn_book.tensor import device_of, to_device
+    standin_device()
+    net = auto_mlp(rng=0)
+    with pytest.raises(ValueError, match="autograd layers are CPU-only"): net.to('standin')
+    assert all(device_of(p) == 'cpu' for p in net.params.values())
+    with pytest.raises(ValueError, match="autograd layers are CPU-only"): AutoDense(3, 2, rng=0).to('standin')
+    assert AutoDense(3, 2, rng=0).to('cpu').params['w'].shape == (3, 2)
+    with pytest.raises(TypeError, match="autograd is CPU-only"): Tensor(to_device(np.ones(3), 'standin'))
+    with pytest.raises(TypeError, match="autograd is CPU-only"): SiLU()(to_device(np.ones((2, 3)), 'standin'))

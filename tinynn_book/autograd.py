@@ -4,64 +4,66 @@
 
 # %% ../nbs/08_autograd.ipynb #9dfcfa04
 from __future__ import annotations
-import contextlib, math
+import contextlib, contextvars, math
 import numpy as np
-from .tensor import DEFAULT_DTYPE, as_float, get_rng, grad_check
+from fastcore.basics import patch
+from .tensor import DEFAULT_DTYPE, as_float, device_of, get_device, get_rng, grad_check
 from .layers import Layer, Dense
 from .losses import Loss, SoftmaxCrossEntropy, log_softmax, softmax
 from .model import Net
 
 # %% auto #0
-__all__ = ['Tensor', 'patch_tensor', 'unbroadcast', 'add', 'sub', 'mul', 'div', 'power', 'matmul', 'concatenate', 'no_grad',
-           'check_tensor_grads', 'softmax_cross_entropy', 'AutogradLayer', 'SiLU', 'GELU', 'AutoReLU', 'AutoFlatten',
-           'AutoDense', 'AutogradLoss', 'AutoSoftmaxCrossEntropy', 'auto_mlp', 'graph_mlp_step']
+__all__ = ['Tensor', 'unbroadcast', 'add', 'sub', 'mul', 'div', 'power', 'matmul', 'concatenate', 'no_grad', 'check_tensor_grads',
+           'softmax_cross_entropy', 'AutogradLayer', 'SiLU', 'GELU', 'AutoReLU', 'AutoFlatten', 'AutoDense',
+           'AutogradLoss', 'AutoSoftmaxCrossEntropy', 'auto_mlp', 'graph_mlp_step']
 
 # %% ../nbs/08_autograd.ipynb #8b9d3988
-_grad_enabled = True  # switched off inside `with no_grad():`
+_grad_enabled = contextvars.ContextVar('grad_enabled', default=True)  # off inside `with no_grad():`
 
 class Tensor:
     "A numpy array that records how it was computed, so `backward()` can apply the chain rule through it"
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__ instead of looping over the array
 
-    def __init__(self, data,             # array-like: Python numbers and lists become float32; numpy arrays keep their dtype
+    def __init__(self, data,             # array-like: Python floats become float32, Python ints int64; numpy arrays keep their dtype
                  requires_grad=False,    # a leaf whose gradient `backward()` fills in `.grad`
                  dtype=None):            # convert `data` to this dtype first
-        if isinstance(data, Tensor): data = data.data
+        if isinstance(data, Tensor): data = data._data
+        if device_of(data) != 'cpu':
+            raise TypeError(f"Tensor: autograd is CPU-only (it computes with numpy), got an array on {device_of(data)!r}; "
+                            "bring it back with to_numpy first")
         array = np.asarray(data, dtype=dtype)
         if dtype is None and array.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
             array = array.astype(DEFAULT_DTYPE)
         if requires_grad and not np.issubdtype(array.dtype, np.floating):
             raise TypeError(f"only floating-point tensors can require a gradient, got dtype {array.dtype}; "
                             "convert first, e.g. Tensor(data, requires_grad=True, dtype=np.float32)")
-        self.data, self.requires_grad, self.grad = array, bool(requires_grad), None
+        self._data, self.requires_grad, self.grad = array, bool(requires_grad), None
         self._parents, self._backward, self.op, self._freed = (), None, '', False
+        self._version, self._versions = 0, ()  # writes through `data` so far; the parents' versions when recorded
 
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
-    def __len__(self): return len(self.data)
-    def item(self): return self.data.item()
-    def detach(self): return Tensor(self.data)  # same array, no history
-    def zero_grad(self): self.grad = None        # forget the gradient accumulated by earlier backward calls
+    data = property(lambda self: self._data, doc="The array (its in-place writes are counted from section 'In-place changes')")
+    shape = property(lambda self: self._data.shape)
+    dtype = property(lambda self: self._data.dtype)
+    ndim = property(lambda self: self._data.ndim)
+    size = property(lambda self: self._data.size)
+    def __len__(self): return len(self._data)
+    def item(self): "The value of a one-element tensor as a Python number"; return self._data.item()
+    def detach(self): "The same array with no history: a constant for autograd"; return Tensor(self._data)
+    def zero_grad(self): "Forget the gradient accumulated by earlier backward calls"; self.grad = None
 
     def __repr__(self):
         extra = f", op={self.op!r}" if self.op else ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}, dtype={self.dtype}{extra})"
+        return f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, dtype={self.dtype}{extra})"
 
 # %% ../nbs/08_autograd.ipynb #42233fd7
 def _result(data, parents, backward, op): # numpy result; input Tensors; closure grad -> parents' grads; op name
     "The Tensor holding `data`; it records `parents` and `backward` only if one of the parents needs a gradient"
     out = Tensor(data)
     out.op = op
-    if _grad_enabled and any(p.requires_grad for p in parents):
+    if _grad_enabled.get() and any(p.requires_grad for p in parents):
         out.requires_grad, out._parents, out._backward = True, parents, backward
+        out._versions = tuple(p._version for p in parents)   # backward checks that nobody wrote to them since
     return out
-
-def patch_tensor(f): # a function whose first argument is the Tensor
-    "Decorator: attach `f` to `Tensor` as a method of the same name (the class grows cell by cell)"
-    setattr(Tensor, f.__name__, f)
-    return f
 
 def _lift(x, like): # any operand; the Tensor on the other side
     "`x` as a Tensor; a plain number takes `like`'s float dtype, so `2 * x` stays float32"
@@ -93,36 +95,36 @@ def _operands(op, a, b): # op name; left operand; right operand (any type)
                                         "(trailing dimensions must be equal or 1)") from None
     return a, b
 
-def add(a, b):
-    "a + b with broadcasting"
+def add(a, b): # Tensors, numbers or arrays (at least one a Tensor)
+    "Elementwise sum a + b, with broadcasting"
     a, b = _operands('add', a, b)
-    return _result(a.data + b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), 'add')
+    return _result(a._data + b._data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), 'add')
 
-def sub(a, b):
-    "a - b with broadcasting"
+def sub(a, b): # Tensors, numbers or arrays (at least one a Tensor)
+    "Elementwise difference a - b, with broadcasting"
     a, b = _operands('sub', a, b)
-    return _result(a.data - b.data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), 'sub')
+    return _result(a._data - b._data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), 'sub')
 
-def mul(a, b):
-    "a * b (elementwise) with broadcasting"
+def mul(a, b): # Tensors, numbers or arrays (at least one a Tensor)
+    "Elementwise product of a and b, with broadcasting"
     a, b = _operands('mul', a, b)
-    return _result(a.data * b.data, (a, b), lambda g: (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
-                                                       unbroadcast(g * a.data, b.shape) if b.requires_grad else None), 'mul')
+    return _result(a._data * b._data, (a, b), lambda g: (unbroadcast(g * b._data, a.shape) if a.requires_grad else None,
+                                                         unbroadcast(g * a._data, b.shape) if b.requires_grad else None), 'mul')
 
-def div(a, b):
-    "a / b (elementwise) with broadcasting"
+def div(a, b): # Tensors, numbers or arrays (at least one a Tensor)
+    "Elementwise quotient a / b, with broadcasting"
     a, b = _operands('div', a, b)
-    return _result(a.data / b.data, (a, b), lambda g: (unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
-                                                       unbroadcast(-g * a.data / b.data**2, b.shape) if b.requires_grad else None), 'div')
+    return _result(a._data / b._data, (a, b), lambda g: (unbroadcast(g / b._data, a.shape) if a.requires_grad else None,
+                                                         unbroadcast(-g * a._data / b._data**2, b.shape) if b.requires_grad else None), 'div')
 
 # %% ../nbs/08_autograd.ipynb #327fed5f
 def power(a, b): # base; exponent (a number or a Tensor)
-    "a ** b (elementwise) with broadcasting"
+    "Elementwise power: a raised to b, with broadcasting"
     a, b = _operands('pow', a, b)
-    out = a.data ** b.data
+    out = a._data ** b._data
     def backward(g):
-        ga = unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape) if a.requires_grad else None
-        gb = unbroadcast(g * out * np.log(a.data), b.shape) if b.requires_grad else None  # ln a: needs a > 0
+        ga = unbroadcast(g * b._data * a._data ** (b._data - 1), a.shape) if a.requires_grad else None
+        gb = unbroadcast(g * out * np.log(a._data), b.shape) if b.requires_grad else None  # ln a: needs a > 0
         return ga, gb
     return _result(out, (a, b), backward, 'pow')
 
@@ -131,31 +133,36 @@ Tensor.__sub__, Tensor.__rsub__ = sub, lambda self, other: sub(other, self)
 Tensor.__mul__, Tensor.__rmul__ = mul, lambda self, other: mul(other, self)
 Tensor.__truediv__, Tensor.__rtruediv__ = div, lambda self, other: div(other, self)
 Tensor.__pow__, Tensor.__rpow__ = power, lambda self, other: power(other, self)
-Tensor.__neg__ = lambda self: _result(-self.data, (self,), lambda g: (-g,), 'neg')
+Tensor.__neg__ = lambda self: _result(-self._data, (self,), lambda g: (-g,), 'neg')
 
 # %% ../nbs/08_autograd.ipynb #542729a6
-@patch_tensor
-def exp(self):
-    out = np.exp(self.data)
+@patch
+def exp(self:Tensor):
+    "Elementwise exponential; the backward reuses the output"
+    out = np.exp(self._data)
     return _result(out, (self,), lambda g: (g * out,), 'exp')
 
-@patch_tensor
-def log(self):
-    return _result(np.log(self.data), (self,), lambda g: (g / self.data,), 'log')
+@patch
+def log(self:Tensor):
+    "Elementwise natural logarithm (of positive entries)"
+    return _result(np.log(self._data), (self,), lambda g: (g / self._data,), 'log')
 
-@patch_tensor
-def tanh(self):
-    out = np.tanh(self.data)
+@patch
+def tanh(self:Tensor):
+    "Elementwise hyperbolic tangent; the backward reuses the output"
+    out = np.tanh(self._data)
     return _result(out, (self,), lambda g: (g * (1 - out * out),), 'tanh')
 
-@patch_tensor
-def sigmoid(self):
-    out = np.exp(-np.logaddexp(0, -self.data)).astype(self.dtype, copy=False)  # never overflows
+@patch
+def sigmoid(self:Tensor):
+    "Elementwise logistic function 1 / (1 + exp(-x)), computed without overflow"
+    out = np.exp(-np.logaddexp(0, -self._data)).astype(self.dtype, copy=False)  # never overflows
     return _result(out, (self,), lambda g: (g * out * (1 - out),), 'sigmoid')
 
-@patch_tensor
-def relu(self):
-    return _result(np.maximum(self.data, 0), (self,), lambda g: (g * (self.data > 0),), 'relu')
+@patch
+def relu(self:Tensor):
+    "Elementwise max(x, 0); the gradient is passed where x > 0"
+    return _result(np.maximum(self._data, 0), (self,), lambda g: (g * (self._data > 0),), 'relu')
 
 # %% ../nbs/08_autograd.ipynb #93a202f5
 def _matmul_operands(a, b):
@@ -173,10 +180,10 @@ def matmul(a, b): # (..., n, k) and (..., k, m)
     "a @ b, with stacks of matrices broadcast like numpy's"
     a, b = _matmul_operands(a, b)
     def backward(g):
-        ga = unbroadcast(g @ np.swapaxes(b.data, -1, -2), a.shape) if a.requires_grad else None
-        gb = unbroadcast(np.swapaxes(a.data, -1, -2) @ g, b.shape) if b.requires_grad else None
+        ga = unbroadcast(g @ np.swapaxes(b._data, -1, -2), a.shape) if a.requires_grad else None
+        gb = unbroadcast(np.swapaxes(a._data, -1, -2) @ g, b.shape) if b.requires_grad else None
         return ga, gb
-    return _result(a.data @ b.data, (a, b), backward, 'matmul')
+    return _result(a._data @ b._data, (a, b), backward, 'matmul')
 
 Tensor.__matmul__, Tensor.__rmatmul__ = matmul, lambda self, other: matmul(other, self)
 
@@ -191,67 +198,76 @@ def _expand(g, shape, axis, keepdims): # gradient of a reduction's result; the i
     if not keepdims: g = np.expand_dims(g, _axes(axis, len(shape)))
     return np.broadcast_to(g, shape)
 
-@patch_tensor
-def sum(self, axis=None, keepdims=False):
-    return _result(self.data.sum(axis=axis, keepdims=keepdims), (self,),
+@patch
+def sum(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
+        keepdims=False): # keep the reduced axes, as length 1
+    "Sum over `axis`, like `np.sum`"
+    return _result(self._data.sum(axis=axis, keepdims=keepdims), (self,),
                    lambda g: (_expand(g, self.shape, axis, keepdims),), 'sum')
 
-@patch_tensor
-def mean(self, axis=None, keepdims=False):
-    out = self.data.mean(axis=axis, keepdims=keepdims)
-    count = self.size // out.size          # how many inputs each output averages
+@patch
+def mean(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
+         keepdims=False): # keep the reduced axes, as length 1
+    "Mean over `axis`, like `np.mean`; the mean over an empty axis is an error, not NaN"
+    count = math.prod(self.shape[a] for a in _axes(axis, self.ndim))   # how many inputs each output averages
+    if count == 0: raise ValueError(f"mean: axis {axis} of a tensor of shape {self.shape} is empty: "
+                                    "the mean of no numbers is undefined")
+    out = self._data.mean(axis=axis, keepdims=keepdims)
     return _result(out, (self,), lambda g: (_expand(g / count, self.shape, axis, keepdims),), 'mean')
 
-@patch_tensor
-def max(self, axis=None, keepdims=False):
-    top = self.data.max(axis=axis, keepdims=True)
+@patch
+def max(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
+        keepdims=False): # keep the reduced axes, as length 1
+    "Largest entry over `axis`; the gradient goes to the maximum, split evenly among ties (one subgradient)"
+    top = self._data.max(axis=axis, keepdims=True)
     def backward(g):
-        mask = self.data == top                       # ties share the gradient equally
+        mask = self._data == top                      # ties share the gradient equally
         return (_expand(g, self.shape, axis, keepdims) * mask / mask.sum(axis=axis, keepdims=True),)
     return _result(top if keepdims else np.squeeze(top, _axes(axis, self.ndim)), (self,), backward, 'max')
 
-del sum, max  # now Tensor methods; the module-level names go back to Python's builtins
-
 # %% ../nbs/08_autograd.ipynb #4b72dc8d
-@patch_tensor
-def reshape(self, *shape): # the new shape, as numpy takes it: reshape(2, 3) or reshape((2, 3)); one entry may be -1
+@patch
+def reshape(self:Tensor, *shape): # the new shape, as numpy takes it: reshape(2, 3) or reshape((2, 3)); one entry may be -1
+    "The same numbers in a new shape, like `np.reshape`"
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    try: out = self.data.reshape(shape)
+    try: out = self._data.reshape(shape)
     except ValueError: raise ValueError(f"reshape: cannot reshape {self.shape} ({self.size} elements) to {tuple(shape)}") from None
     return _result(out, (self,), lambda g: (g.reshape(self.shape),), 'reshape')
 
-@patch_tensor
-def transpose(self, *axes): # a permutation of the axes; none to reverse them
+@patch
+def transpose(self:Tensor, *axes): # a permutation of the axes; none to reverse them
+    "The axes permuted by `axes`, like `np.transpose`; the backward applies the inverse permutation"
     axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
     axes = tuple(axes) if axes else tuple(range(self.ndim))[::-1]
     inverse = tuple(np.argsort(axes))
-    return _result(self.data.transpose(axes), (self,), lambda g: (g.transpose(inverse),), 'transpose')
+    return _result(self._data.transpose(axes), (self,), lambda g: (g.transpose(inverse),), 'transpose')
 
-Tensor.T = property(lambda self: self.transpose())
+Tensor.T = property(lambda self: self.transpose(), doc="The axes reversed, like numpy's `.T`")
 
-@patch_tensor
-def __getitem__(self, idx): # anything numpy indexing takes; integer Tensors are used as index arrays
-    idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) if isinstance(idx, tuple) else \
-          idx.data if isinstance(idx, Tensor) else idx
+@patch
+def __getitem__(self:Tensor, idx): # anything numpy indexing takes; integer Tensors are used as index arrays
+    "Index as numpy does; the backward scatters the gradient back, adding at repeated indices"
+    idx = tuple(i._data if isinstance(i, Tensor) else i for i in idx) if isinstance(idx, tuple) else \
+          idx._data if isinstance(idx, Tensor) else idx
     def backward(g):
         full = np.zeros(self.shape, dtype=np.result_type(g.dtype, self.dtype))
         np.add.at(full, idx, g)                        # repeated indices accumulate
         return (full,)
-    return _result(self.data[idx], (self,), backward, 'getitem')
+    return _result(self._data[idx], (self,), backward, 'getitem')
 
 def concatenate(tensors, # a sequence of Tensors (or arrays)
                 axis=0):  # the axis to join along
     "Join tensors along an existing axis, like `np.concatenate`"
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
-    try: out = np.concatenate([t.data for t in tensors], axis=axis)
+    try: out = np.concatenate([t._data for t in tensors], axis=axis)
     except (ValueError, np.exceptions.AxisError) as e:
         raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} do not join along axis {axis}: {e}") from None
     cuts = np.cumsum([t.shape[axis] for t in tensors])[:-1]
     return _result(out, tuple(tensors), lambda g: tuple(np.split(g, cuts, axis=axis)), 'concatenate')
 
 # %% ../nbs/08_autograd.ipynb #f8a5b37b
-@patch_tensor
-def _topological_order(self):
+@patch
+def _topological_order(self:Tensor):
     "The tensors `self` depends on that need a gradient, each after all of its parents; iterative, so depth is unlimited"
     order, seen, stack = [], set(), [(self, False)]
     while stack:
@@ -267,8 +283,8 @@ def _topological_order(self):
     return order
 
 # %% ../nbs/08_autograd.ipynb #340d1cfb
-@patch_tensor
-def backward(self, grad=None,         # dL/dself, an array of self's shape; None for a one-element tensor (means 1)
+@patch
+def backward(self:Tensor, grad=None,  # dL/dself, an array of self's shape; None for a one-element tensor (means 1)
              retain_graph=False):     # keep the graph so that backward can run through it again
     "Accumulate the gradient of `self` into `.grad` of every leaf it depends on that requires a gradient"
     if not self.requires_grad:
@@ -277,8 +293,8 @@ def backward(self, grad=None,         # dL/dself, an array of self's shape; None
     if grad is None:
         if self.size != 1: raise RuntimeError(f"backward() without a gradient needs a one-element tensor, got shape {self.shape}: "
                                               "pass grad=, an array of that shape (e.g. reduce to a scalar loss first)")
-        grad = np.ones_like(self.data)
-    grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+        grad = np.ones_like(self._data)
+    grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad)
     if grad.shape != self.shape: raise ValueError(f"backward: grad has shape {grad.shape}, but the tensor has shape {self.shape}")
     grads, shared = {id(self): grad.astype(self.dtype, copy=False)}, {id(grad)}   # shared: arrays a leaf must copy
     for node in reversed(self._topological_order()):
@@ -289,6 +305,9 @@ def backward(self, grad=None,         # dL/dself, an array of self's shape; None
             else: node.grad = np.array(g, dtype=node.dtype)   # a view, or an array someone else holds: copy
             shared.add(id(node.grad))
             continue
+        if node._version or any(p._version != v for p, v in zip(node._parents, node._versions)):
+            raise RuntimeError(f"backward through {node.op!r}: an array it saved for backward was changed in place "
+                               "(through .data) after the forward pass; compute the forward pass again after changing it")
         for parent, pg in zip(node._parents, node._backward(g)):
             if pg is None or not parent.requires_grad: continue
             if pg.shape != parent.shape:
@@ -300,11 +319,51 @@ def backward(self, grad=None,         # dL/dself, an array of self's shape; None
 # %% ../nbs/08_autograd.ipynb #1001dd6a
 @contextlib.contextmanager
 def no_grad():
-    "Within this block operations record no graph: results need no gradient and hold no memory for backward"
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    "Within this block, in this thread, operations record no graph: results need no gradient and hold no memory"
+    token = _grad_enabled.set(False)
     try: yield
-    finally: _grad_enabled = previous
+    finally: _grad_enabled.reset(token)   # back to what it was before: nested blocks stay off until the outermost ends
+
+# %% ../nbs/08_autograd.ipynb #efeaa876
+_WRITERS = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal}  # numpy functions that write their first argument
+
+class _Data(np.ndarray):
+    "What `Tensor.data` hands out: a view of the tensor's array whose in-place writes bump the tensor's version"
+    def __array_finalize__(self, obj):  # a view of a watched array is watched too; a copy is not
+        owner = getattr(obj, '_owner', None)
+        self._owner = owner if owner is not None and np.may_share_memory(self, obj) else None
+    def _bump(self):
+        if self._owner is not None: self._owner._version += 1
+    def __setitem__(self, index, value): self._bump(); np.ndarray.__setitem__(self, index, value)
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        for a in (out or ()) + (inputs[:1] if method == 'at' else ()):
+            if isinstance(a, _Data): a._bump()        # x += 1, np.add(a, b, out=x), np.add.at(x, i, v)
+        plain = lambda a: a.view(np.ndarray) if isinstance(a, _Data) else a
+        if out is not None: kwargs['out'] = tuple(map(plain, out))
+        result = getattr(ufunc, method)(*map(plain, inputs), **kwargs)
+        return (out[0] if len(out) == 1 else out) if out is not None else result
+    def __array_function__(self, func, types, args, kwargs):
+        if func in _WRITERS and args and isinstance(args[0], _Data): args[0]._bump()
+        return super().__array_function__(func, types, args, kwargs)
+    def __repr__(self): return repr(self.view(np.ndarray))
+def _writer(name):
+    def write(self, *args, **kwargs): self._bump(); return getattr(np.ndarray, name)(self, *args, **kwargs)
+    return write
+for _name in ('fill', 'sort', 'partition', 'put'): setattr(_Data, _name, _writer(_name))
+
+def _get_data(self):
+    view = self._data.view(_Data); view._owner = self
+    return view
+
+def _set_data(self, value):
+    "Replace the array: a change like an in-place write (`t.data += 1` also ends here, with the same array)"
+    if isinstance(value, _Data) and value._owner is self and value.shape == self.shape: return  # counted already
+    array = np.asarray(value)
+    if self.requires_grad and not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"only floating-point arrays can be the data of a tensor that requires a gradient, got {array.dtype}")
+    self._data, self._version = array, self._version + 1
+
+Tensor.data = property(_get_data, _set_data, doc="The array; writes through it are counted in the tensor's version")
 
 # %% ../nbs/08_autograd.ipynb #eee5e9cd
 def check_tensor_grads(f,      # f(*tensors) -> Tensor, built from Tensor operations
@@ -317,7 +376,7 @@ def check_tensor_grads(f,      # f(*tensors) -> Tensor, built from Tensor operat
     weights = get_rng(rng).normal(size=out.shape)
     out.backward(weights)
     def scalar():
-        with no_grad(): return float(np.sum(f(*[Tensor(x) for x in xs]).data * weights))
+        with no_grad(): return float(np.sum(f(*[Tensor(x) for x in xs])._data * weights))
     return [grad_check(scalar, x, leaf.grad) for x, leaf in zip(xs, leaves)]
 
 # %% ../nbs/08_autograd.ipynb #b3aac078
@@ -325,7 +384,7 @@ def softmax_cross_entropy(logits, # Tensor (N, C) of scores
                           labels): # integer class indices (N,): an array, list or integer Tensor
     "Mean cross-entropy of softmax(logits) against integer labels, as one op: stable forward, (softmax - onehot)/N backward"
     logits = logits if isinstance(logits, Tensor) else Tensor(logits)
-    labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+    labels = np.asarray(labels._data if isinstance(labels, Tensor) else labels)
     if logits.ndim != 2 or logits.size == 0 or labels.shape != (len(logits),) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"softmax_cross_entropy: expected logits (N, C) and integer labels (N,), got logits {logits.shape} "
                          f"and labels {labels.shape} of dtype {labels.dtype}")
@@ -333,9 +392,9 @@ def softmax_cross_entropy(logits, # Tensor (N, C) of scores
     if labels.min() < 0 or labels.max() >= C:
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {C}), got values in [{labels.min()}, {labels.max()}]")
     rows = np.arange(N)
-    loss = -log_softmax(logits.data)[rows, labels].mean()    # chapter 2's log-sum-exp
+    loss = -log_softmax(logits._data)[rows, labels].mean()    # chapter 2's log-sum-exp
     def backward(g):
-        grad = softmax(logits.data)
+        grad = softmax(logits._data)
         grad[rows, labels] -= 1
         return (grad * g / N,)
     return _result(np.asarray(loss, dtype=logits.dtype), (logits,), backward, 'softmax_cross_entropy')
@@ -345,22 +404,46 @@ class AutogradLayer(Layer):
     "A Layer whose subclasses write only `compute(x, **params)` with Tensor ops; backward is the tape's"
     def compute(self, x, **params): raise NotImplementedError  # Tensors in (params by name), Tensor out
 
-    def forward(self, x):
-        x = as_float(x)
-        if not self.training:
-            with no_grad(): return self.compute(Tensor(x), **{k: Tensor(v) for k, v in self.params.items()}).data
-        self._x = Tensor(x, requires_grad=self.needs_input_grad)
-        self._leaves = {k: Tensor(v, requires_grad=True) for k, v in self.params.items()}
-        self._y = self.compute(self._x, **self._leaves)
-        return self._y.data
+    def __init__(self, *args, **kwargs):
+        if type(self).compute is AutogradLayer.compute:   # a checkpoint may name the base class: refuse it, as Layer is
+            raise TypeError(f"{type(self).__name__} is abstract: subclass AutogradLayer and write compute(x, **params)")
+        super().__init__(*args, **kwargs)
 
-    def backward(self, grad):
-        if not self._y.requires_grad: return None      # nothing upstream wants a gradient
-        self._y.backward(grad)
-        self.grads = {k: leaf.grad for k, leaf in self._leaves.items()}
-        x_grad = self._x.grad
-        self._x = self._y = self._leaves = None         # the tape is spent: drop it
-        return x_grad
+    def __init_subclass__(cls, **kwargs):  # a subclass that writes compute constructs, and is documented, as its next base
+        super().__init_subclass__(**kwargs)
+        if 'compute' in vars(cls) and '__init__' not in vars(cls):
+            cls.__init__ = next(c.__init__ for c in cls.__mro__[1:] if '__init__' in vars(c) and c is not AutogradLayer)
+
+    def to(self, device): # 'cpu'; any other device is refused
+        "Autograd layers stay on the CPU (chapter 8's Tensor computes with numpy): moving to 'cpu' is all they allow"
+        if get_device(device).name != 'cpu':
+            raise ValueError(f"{self!r} cannot move to {device!r}: autograd layers are CPU-only (the Tensor computes with numpy)")
+        return super().to(device)
+
+# %% ../nbs/08_autograd.ipynb #36ca6bd5
+@patch
+def forward(self:AutogradLayer, x): # a batch, as `compute` takes it
+    "Run `compute` on Tensors; in training mode keep the tape for one `backward`"
+    x, self._y = as_float(x), None            # a new forward replaces the last tape, in evaluation mode too
+    if not self.training:
+        with no_grad(): return self.compute(Tensor(x), **{k: Tensor(v) for k, v in self.params.items()})._data
+    self._x = Tensor(x, requires_grad=self.needs_input_grad)
+    self._leaves = {k: Tensor(v, requires_grad=True) for k, v in self.params.items()}
+    self._y = self.compute(self._x, **self._leaves)
+    return self._y._data
+
+@patch
+def backward(self:AutogradLayer, grad): # dL/dy, of the last training forward's output shape
+    "Run the tape backward from `grad`: fills `grads`, returns the input's gradient (zero where nothing depends on it)"
+    y = getattr(self, '_y', None)
+    if y is None: raise RuntimeError(f"{self!r}.backward needs a forward pass in training mode first "
+                                     "(each forward's tape serves one backward)")
+    if np.shape(grad) != y.shape: raise ValueError(f"{self!r}.backward expected grad of shape {y.shape}, got {np.shape(grad)}")
+    self._y = None                                    # the tape is spent, whatever happens below
+    if y.requires_grad: y.backward(grad)
+    zero_if_none = lambda t: t.grad if t.grad is not None else np.zeros_like(t._data)   # nothing reached it: 0
+    self.grads = {k: zero_if_none(leaf) for k, leaf in self._leaves.items()}
+    return zero_if_none(self._x) if self.needs_input_grad else None
 
 # %% ../nbs/08_autograd.ipynb #22b65c7e
 class SiLU(AutogradLayer):
@@ -387,18 +470,25 @@ class AutoDense(AutogradLayer, Dense):
 class AutogradLoss(Loss):
     "A Loss whose subclasses write only `compute(pred, target)` with Tensor ops; `grad` is the tape's"
     def compute(self, pred, target): raise NotImplementedError  # pred: Tensor; returns a one-element Tensor
+    def __init__(self, *args, **kwargs):
+        if type(self).compute is AutogradLoss.compute:   # a checkpoint may name the base class: refuse it
+            raise TypeError(f"{type(self).__name__} is abstract: subclass AutogradLoss and write compute(pred, target)")
+        super().__init__(*args, **kwargs)
     def loss(self, pred, target):
-        with no_grad(): return float(self.compute(Tensor(as_float(pred)), target).data)
+        "The loss as a Python float, computed without a tape"
+        with no_grad(): return float(self.compute(Tensor(as_float(pred)), target)._data)
     def grad(self, pred, target):
+        "The loss's gradient with respect to `pred`, from the tape"
         pred = Tensor(as_float(pred), requires_grad=True)
         self.compute(pred, target).backward()
-        return pred.grad
+        return pred.grad if pred.grad is not None else np.zeros_like(pred._data)
 
 class AutoSoftmaxCrossEntropy(AutogradLoss, SoftmaxCrossEntropy):
     "Softmax cross-entropy from logits and integer labels through the fused autograd op"
     def compute(self, pred, target): return softmax_cross_entropy(pred, target)
 
-def auto_mlp(rng=None, dtype=DEFAULT_DTYPE): # seed or Generator for the initial weights; parameter dtype
+def auto_mlp(rng=None,            # seed or Generator for the initial weights
+             dtype=DEFAULT_DTYPE): # parameter dtype
     "Chapter 6's 784-400-100-10 MLP, built from autograd layers; the same seed gives the same weights"
     rng = get_rng(rng)
     return Net([AutoFlatten(), AutoDense(784, 400, rng=rng, dtype=dtype), AutoReLU(),
@@ -412,5 +502,5 @@ def graph_mlp_step(leaves, x, y, optimizer): # leaves: 'i.w'/'i.b' -> Tensor (fr
     loss = softmax_cross_entropy(h @ leaves['5.w'] + leaves['5.b'], y)
     for leaf in leaves.values(): leaf.zero_grad()
     loss.backward()
-    optimizer.step([(leaf.data, leaf.grad) for leaf in leaves.values()])
+    optimizer.step([(leaf._data, leaf.grad) for leaf in leaves.values()])
     return loss.item()
