@@ -145,10 +145,10 @@ class Block(Net):
         for w in (attn.params['w_out'], proj.params['w']):      # they write into the sum
             w[...] = normal(w.shape, 0.02 / math.sqrt(2 * L), rng, dtype)
         fc.params['b'][...] = 0; proj.params['b'][...] = 0
-        drop = [Dropout(dropout, rng)] if dropout else []
+        drop = lambda: [Dropout(dropout, rng)] if dropout else []     # one per position
         norm = lambda: LayerNorm(D, dtype=dtype)
-        super().__init__([Residual(Net([norm(), attn, *drop])),
-                          Residual(Net([norm(), fc, TanhGELU(), proj, *drop]))])
+        super().__init__([Residual(Net([norm(), attn, *drop()])),
+                          Residual(Net([norm(), fc, TanhGELU(), proj, *drop()]))])
         self.d_model, self.n_heads, self.n_layers = D, attn.n_heads, L
         self.dropout, self.causal = float(dropout), attn.causal
 
