@@ -328,3 +328,48 @@ def test_no_training_images_does_not_blame_val_size(tmp_path):
         (d/(name + '.gz')).write_bytes(gzip.compress(idx(a)))
     code, out, err = _run_both('--data', str(d), '--epochs', '1', '--no-progress')
     assert code == 1 and 'train-images-idx3-ubyte.gz: holds no images' in err and '--val-size' not in err, err
+
+
+# ---- Data parallel (chapter 13): --workers threads, or the ranks of mpiexec ------------------------------------------
+def _weights(path):
+    with np.load(path) as f: return {k: f[k] for k in f.files if f[k].dtype.kind == 'f'}
+
+def _same_run_args(ckpt):
+    "One epoch of the MLP on the sample without random shifts: every worker draws the same steps"
+    return ['--sample', '--epochs', '1', '--shift', '0', '--no-progress', '--save', str(ckpt)]
+
+def test_two_threads_train_what_one_does(tmp_path):
+    one, two = (_command(*_same_run_args(tmp_path/f'{n}.npz'), '--workers', str(n), env=_offline_env(tmp_path))
+                for n in (1, 2))
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert '2 threads sharing each step' in two.stdout and 'sharing' not in one.stdout
+    w1, w2 = _weights(tmp_path/'1.npz'), _weights(tmp_path/'2.npz')
+    assert w1.keys() == w2.keys()
+    for k in w1: np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-4, err_msg=k)   # float32 sums in another order
+    accuracy = lambda out: out.split('test accuracy: ')[1].split('%')[0]
+    assert accuracy(two.stdout) == accuracy(one.stdout)
+
+def test_workers_refused_where_they_cannot_share(tmp_path):
+    env = dict(_offline_env(tmp_path), PMI_RANK='0', PMI_SIZE='2')   # as mpiexec -n 2 starts a rank
+    r = _command('--sample', '--workers', '2', env=env)
+    assert r.returncode == 2 and 'mpiexec on 2 ranks' in r.stderr, r.stderr
+    r = _command('--sample', '--workers', '0', env=_offline_env(tmp_path))
+    assert r.returncode == 2 and '--workers' in r.stderr
+
+def _mpi_ready():
+    from tinynn_book.parallel import import_mpi, mpiexec_path
+    try: import_mpi(); return bool(mpiexec_path())
+    except Exception: return False
+
+@pytest.mark.skipif(not _mpi_ready(), reason="needs mpi4py and mpiexec: pip install -e '.[mpi]'")
+def test_mpiexec_two_ranks_print_once_save_once_and_train_what_one_does(tmp_path):
+    from tinynn_book.parallel import mpi_run
+    exe = shutil.which('tinynn-mnist')
+    cmd = [exe] if exe else [sys.executable, '-c', 'import sys; from tinynn_book.cli import main; sys.exit(main())']
+    ranks = mpi_run(cmd + _same_run_args(tmp_path/'ranks.npz'), n=2)
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    assert ranks.stdout.count('test accuracy') == 1 and ranks.stdout.count('total params') == 1, ranks.stdout
+    assert '2 ranks sharing each step' in ranks.stdout and ranks.stdout.count('checkpoint:') == 1
+    one = _command(*_same_run_args(tmp_path/'one.npz'), env=_offline_env(tmp_path))
+    w1, w2 = _weights(tmp_path/'one.npz'), _weights(tmp_path/'ranks.npz')
+    for k in w1: np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-4, err_msg=k)

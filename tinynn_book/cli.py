@@ -12,6 +12,7 @@ from .mnist import ENV_VAR, MODELS, WEIGHT_DECAY, cache_dir, load_mnist, make_mo
 from .regularization import Dropout, BatchNorm1d, BatchNorm2d
 from .cnn import RESNET_RECIPE  # importing chapter 9 also adds 'resnet' to MODELS
 from .tensor import get_device
+from .parallel import data_parallel, mpi_world
 
 # %% auto #0
 __all__ = ['main']
@@ -56,6 +57,8 @@ def _parser():
     p.add_argument('--save', type=_name, metavar='CKPT', help='write the trained model here (.npz)')
     p.add_argument('--plot', type=_name, metavar='PNG', help='write the training curves here')
     p.add_argument('--device', choices=['cpu', 'gpu'], default='cpu', help="where to train; gpu needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]' (default: cpu)")
+    p.add_argument('--workers', type=_positive_int, default=1, metavar='N',
+                   help='threads that share each step, data parallel (chapter 13); under mpiexec the ranks share it instead (default: 1)')
     p.add_argument('--seed', type=_non_negative_int, default=0, help='seed for initial weights, shifts, dropout and shuffling (default: 0)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (one line per epoch); there is none either when stderr is not a terminal')
     return p
@@ -119,6 +122,10 @@ def _check_args(p, args):
     if args.device == 'gpu':
         try: get_device('gpu')   # CuPy imported and the GPU found now, not after the data is loaded
         except RuntimeError as e: p.error(f"argument --device: {e}")
+    if args.workers > 1 and args.device != 'cpu':
+        p.error(f"argument --workers: threads share a step on the cpu only, not on the {args.device}")
+    if args.workers > 1 and (world := mpi_world()) and world[1] > 1:
+        p.error(f"argument --workers: started by mpiexec on {world[1]} ranks, which share each step already; use one")
     if args.plot:
         from matplotlib.backend_bases import FigureCanvasBase
         if Path(args.plot).suffix.lstrip('.').lower() not in FigureCanvasBase.get_supported_filetypes():
@@ -174,21 +181,32 @@ def _train_and_report(p, args):
     if full_batches and len(x_train) - val_size < args.batch_size:
         p.error(f"argument --batch-size: {args.batch_size} is more than the {len(x_train) - val_size} training images, "
                 "and a net with batch normalisation trains on full batches only")
-    print(model.summary((1, 28, 28)))
-    extras = ''.join([f', dropout {args.dropout:g}' if args.dropout else '', ', batch norm' if args.batchnorm else ''])
-    print(f"{args.model}{extras}: {len(x_train) - val_size} training, {val_size} validation and {len(x_test)} test images"
-          f"{' (bundled sample)' if args.sample else ''}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr:g} "
-          f"({args.schedule}), weight decay {args.weight_decay:g}, shifts up to {args.shift} px, seed {args.seed}, on the {args.device}")
-    title, last = f"{args.model}, {len(x_train) - val_size} training images", _LastEpoch()
+    dp = data_parallel(model, workers=args.workers, seed=args.seed)   # under mpiexec: one worker per rank
+    with dp, dp.root_only_output():   # every worker trains; only the first one prints and writes
+        print(model.summary((1, 28, 28)))
+        extras = ''.join([f', dropout {args.dropout:g}' if args.dropout else '', ', batch norm' if args.batchnorm else '',
+                          f", {dp.size} {'ranks' if mpi_world() else 'threads'} sharing each step" if dp.size > 1 else ''])
+        print(f"{args.model}{extras}: {len(x_train) - val_size} training, {val_size} validation and {len(x_test)} test "
+              f"images{' (bundled sample)' if args.sample else ''}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr "
+              f"{args.lr:g} ({args.schedule}), weight decay {args.weight_decay:g}, shifts up to {args.shift} px, seed "
+              f"{args.seed}, on the {args.device}")
+        title = f"{args.model}, {len(x_train) - val_size} training images"
+        return _train(model, dp, (x_train, y_train), (x_test, y_test), val_size, full_batches, args, title)
+
+def _train(model, dp, train, test, val_size, full_batches, args, title):
+    "Train, test once, write the outputs (the first worker only); on Ctrl-C or divergence keep the last epoch"
+    last = _LastEpoch()
     try:
         with np.errstate(over='ignore', invalid='ignore', divide='ignore'):  # fit's own guards report NaN and inf
-            history = train_mnist(model, (x_train, y_train), args.epochs, args.batch_size, args.schedule, args.seed,
-                                  progress=not args.no_progress and sys.stderr.isatty(), val_size=val_size,
-                                  callbacks=[last], drop_last=full_batches)
-        print(f"test accuracy: {100 * model.evaluate(x_test, y_test)['accuracy']:.2f} %")
-    except KeyboardInterrupt as e: return _stopped(model, last, args, title, _why(e), getattr(e, 'exit_code', 130))
-    except FloatingPointError as e: return _stopped(model, last, args, title, 'error: training diverged', 1, f": {e}")
+            history = train_mnist(model, train, args.epochs, args.batch_size, args.schedule, args.seed,
+                                  progress=dp.is_root and not args.no_progress and sys.stderr.isatty(),
+                                  val_size=val_size, callbacks=[last], drop_last=full_batches)
+        print(f"test accuracy: {100 * model.evaluate(*test)['accuracy']:.2f} %")
+    except KeyboardInterrupt as e: return _stopped(model, last, args, title, _why(e), getattr(e, 'exit_code', 130), dp=dp)
+    except FloatingPointError as e: return _stopped(model, last, args, title, 'error: training diverged', 1, f": {e}", dp=dp)
+    if not dp.is_root: return 0
     return 0 if _write_outputs(model, history, args, title) else 1
+
 
 # %% ../nbs/cli.ipynb #cli012d
 class _LastEpoch(Callback):
@@ -199,13 +217,16 @@ class _LastEpoch(Callback):
                       {k: s.copy() for k, s in model.net.state.items()})  # one assignment: never half a copy
         return False
 
-def _stopped(model, last, args, title, why, code, detail=''): # why: 'interrupted', 'stopped by SIGTERM', ...
+def _stopped(model, last, args, title, why, code, detail='', # why: 'interrupted', 'stopped by SIGTERM', ...
+             dp=None): # the data-parallel workers; only the first one writes
     "Training ended early: one line on stderr, then what the last completed epoch left, if asked; returns `code`"
     if last.saved is None:
+        if dp is not None and not dp.is_root: return code
         print(f"tinynn-mnist: {why} during epoch 1" + ("; no epoch completed, so no checkpoint" if args.save else "")
               + detail, file=sys.stderr)
         return code
     epoch, params, state = last.saved
+    if dp is not None and not dp.is_root: return code   # the first worker says it and writes
     for k, p in model.net.params.items(): p[...] = params[k]  # back to the end of that epoch
     for k, s in model.net.state.items(): s[...] = state[k]
     print(f"tinynn-mnist: {why} after {epoch} of {args.epochs} epochs{detail}", file=sys.stderr)
