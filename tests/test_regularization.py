@@ -204,8 +204,25 @@ def test_small_batchnorm_net_trains_on_the_sample():
 
 
 def test_chapter6_does_not_import_chapter7():
-    code = "import sys, tinynn_book.mnist; print('tinynn_book.regularization' in sys.modules)"
-    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip() == 'False'
+    "tinynn_book.mnist and every module it imports, followed through the package: none imports chapter 7's module"
+    import ast, tinynn_book
+    from pathlib import Path
+    pkg = Path(tinynn_book.__file__).parent   # (the package's __init__ imports every chapter, so sys.modules cannot tell)
+    def imports(name):
+        tree = ast.parse((pkg / f'{name}.py').read_text())
+        found = {a.name.split('.')[1] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+                 if a.name.startswith('tinynn_book.')}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.level == 1 or (n.module or '').startswith('tinynn_book')):
+                mod = (n.module or '').removeprefix('tinynn_book').lstrip('.')
+                found |= {mod.split('.')[0]} if mod else {a.name for a in n.names}
+        return found & {p.stem for p in pkg.glob('*.py')}
+    seen, todo = set(), ['mnist']
+    while todo:
+        name = todo.pop()
+        if name not in seen: seen.add(name); todo += imports(name)
+    assert 'model' in seen and 'regularization' not in seen, seen
+    assert 'regularization' in imports('cli')   # the walk does find the import where there is one
 
 
 # ---------------------------------------------------------------- PyTorch parity (float64); skipped without torch
@@ -315,3 +332,149 @@ def test_param_shapes_match_the_built_layer(layer):
     cls = type(layer)
     assert 'param_shapes' in vars(cls)   # the loader trusts only a class's own param_shapes
     assert cls.param_shapes(layer.config()) == {k: p.shape for k, p in layer.params.items()}
+
+
+# ---------------------------------------------------------------- issue 20: careless input and mutants that survived
+from tinynn_book.losses import MSE
+from tinynn_book.model import History
+
+
+def _history(values, key='val_loss'):
+    "A History holding `values` under `key`, one epoch per value, as fit builds it"
+    h = History()
+    for v in values: h.append(**{key: v, 'loss': 1.0})
+    return h
+
+
+def _feed(stopper, values, key=None, model=None):
+    "Call the stopper's hooks as fit does for the monitored values `values`; returns the epoch it stopped after (or None)"
+    model = model or Model(Net([Dense(2, 3, rng=0)]), SoftmaxCrossEntropy(), Adam())
+    stopper.on_train_begin(model)
+    h = History()
+    for v in values:
+        h.append(**{key or stopper.monitor: v, 'loss': 1.0})
+        if stopper.on_epoch_end(model, h): return h.epochs
+    return None
+
+
+@pytest.mark.parametrize('values', [[0.5, float('nan')], [float('nan')], [0.5, float('inf')]], ids=['nan-later', 'nan-first', 'inf'])
+def test_early_stopping_refuses_a_non_finite_monitored_value(values):
+    "Issue 20.9: a NaN val_loss compared False with everything, so the epoch-1 weights came back silently"
+    with pytest.raises(ValueError, match=r"EarlyStopping: 'val_loss' is (nan|inf) at epoch \d, not a finite number"):
+        _feed(EarlyStopping(patience=3), values)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(min_delta=float('nan')), 'EarlyStopping expected min_delta to be a finite number >= 0, got nan'),
+    (dict(min_delta=-0.1), 'EarlyStopping expected min_delta to be a finite number >= 0, got -0.1'),
+    (dict(min_delta='0.1'), "EarlyStopping expected min_delta to be a finite number >= 0, got '0.1'"),
+    (dict(monitor=None), 'EarlyStopping expected monitor to be the name of a History key'),
+    (dict(monitor=3), 'EarlyStopping expected monitor to be the name of a History key'),
+    (dict(patience=2.5), 'EarlyStopping expected a non-negative integer patience, got 2.5'),
+    (dict(restore_best='yes'), "EarlyStopping expected restore_best to be True or False, got 'yes'")], ids=str)
+def test_early_stopping_bad_arguments(kwargs, match):
+    "Issues 20.9 and 20.16: a NaN min_delta and monitor=None were accepted (or a raw TypeError)"
+    with pytest.raises(ValueError, match=match.replace('(', r'\(').replace(')', r'\)')): EarlyStopping(**kwargs)
+
+
+@pytest.mark.parametrize('monitor', ['val_accuracy', 'accuracy'])
+def test_early_stopping_on_accuracy_with_a_loss_that_has_none(monitor):
+    "Issue 20.16: with MSE there is no accuracy; the error said 'pass validation_data' although it was passed"
+    x, y = make_spirals(20, rng=0)
+    targets = np.eye(3, dtype=np.float32)[y]
+    model = Model(Net([Dense(2, 3, rng=0)]), MSE(), Adam())
+    with pytest.raises(ValueError, match=rf"EarlyStopping monitors '{monitor}', but the loss MSE\(\) has no accuracy") as e:
+        model.fit(x, targets, 2, validation_data=(x, targets), progress=False, verbose=False, callbacks=[EarlyStopping(monitor=monitor)])
+    assert 'pass validation_data' not in str(e.value)
+
+
+def test_early_stopping_min_delta_must_be_beaten():
+    "Issue 20.19: min_delta applied with the wrong sign survived (no test used min_delta > 0)"
+    stopper = EarlyStopping(patience=2, min_delta=0.1, restore_best=False)
+    assert _feed(stopper, [1.0, 0.95, 0.92, 0.5]) == 3     # 0.95 and 0.92 are not better by more than 0.1
+    assert stopper.best_value == 1.0 and stopper.best_epoch == 1
+    stopper = EarlyStopping(patience=2, min_delta=0.1, restore_best=False)
+    assert _feed(stopper, [1.0, 0.85, 0.8, 0.74, 0.7]) is None   # 0.85 beats 1.0 by 0.15, 0.74 beats 0.85 by 0.11
+    assert (stopper.best_value, stopper.best_epoch) == (0.74, 4)
+    acc = EarlyStopping(patience=2, monitor='val_accuracy', min_delta=0.05, restore_best=False)
+    assert _feed(acc, [0.5, 0.54, 0.53, 0.9]) == 3         # higher is better, and must be better by more than 0.05
+    assert (acc.best_value, acc.best_epoch) == (0.5, 1)
+
+
+def test_early_stopping_val_accuracy_is_higher_is_better():
+    "Issue 20.19: the direction of a val_accuracy monitor was caught only by a notebook"
+    stopper = EarlyStopping(patience=2, monitor='val_accuracy', restore_best=False)
+    assert _feed(stopper, [0.6, 0.8, 0.7, 0.75, 0.9]) == 4
+    assert (stopper.best_value, stopper.best_epoch) == (0.8, 2)
+    x, y = make_spirals(100, rng=0); xv, yv = make_spirals(50, rng=1)
+    model = Model(Net([Dense(2, 32, rng=0), BatchNorm1d(32), ReLU(), Dense(32, 3, rng=1)]), SoftmaxCrossEntropy(), Adam(0.05))
+    stopper = EarlyStopping(patience=3, monitor='val_accuracy')
+    h = model.fit(x, y, 60, batch_size=32, validation_data=(xv, yv), progress=False, verbose=False, callbacks=[stopper])
+    assert stopper.best_value == max(h['val_accuracy']) > h['val_accuracy'][0]
+    assert stopper.best_epoch == 1 + h['val_accuracy'].index(max(h['val_accuracy']))   # the first epoch that reached it
+    assert model.evaluate(xv, yv)['accuracy'] == stopper.best_value                     # and its weights are back
+
+
+def test_early_stopping_reused_across_two_fits():
+    "Issue 20.19: on_train_begin not resetting best_value survived (no test reused one EarlyStopping)"
+    x, y = make_spirals(100, rng=0); xv, yv = make_spirals(50, rng=1)
+    stopper = EarlyStopping(patience=3)
+    first = Model(Net([Dense(2, 64, rng=0), ReLU(), Dense(64, 3, rng=1)]), SoftmaxCrossEntropy(), Adam(0.05))
+    h1 = first.fit(x, y, 100, batch_size=32, validation_data=(xv, yv), progress=False, verbose=False, callbacks=[stopper])
+    second = Model(Net([Dense(2, 3, rng=2)]), SoftmaxCrossEntropy(), Adam(0.01))   # a worse model: its losses stay above
+    h2 = second.fit(x, y, 8, batch_size=32, validation_data=(xv, yv), progress=False, verbose=False, callbacks=[stopper])
+    assert min(h2['val_loss']) > min(h1['val_loss'])
+    assert stopper.best_value == min(h2['val_loss']) and 1 <= stopper.best_epoch <= h2.epochs
+    assert second.evaluate(xv, yv)['loss'] == stopper.best_value   # the second model's own best weights
+
+
+@pytest.mark.parametrize('make', [lambda d: BatchNorm1d(3, dtype=d), lambda d: BatchNorm2d(3, dtype=d), lambda d: LayerNorm(3, dtype=d)],
+                         ids=['BatchNorm1d', 'BatchNorm2d', 'LayerNorm'])
+@pytest.mark.parametrize('dtype', [np.int32, 'foo', bool, 'int64'], ids=str)
+def test_norm_layers_refuse_a_non_float_dtype(make, dtype):
+    "Issue 20.12: dtype=np.int32 truncated the running mean to zeros; dtype='foo' was a raw TypeError"
+    with pytest.raises(ValueError, match='expected dtype to be a floating-point dtype'): make(dtype)
+
+
+def test_norm_layers_accept_float_dtypes():
+    for d in (np.float16, np.float64, 'float32'):
+        for layer in (BatchNorm1d(3, dtype=d), LayerNorm(3, dtype=d)):
+            assert layer.params['gamma'].dtype == np.dtype(d)
+    assert BatchNorm1d(3, dtype=np.float64).running_mean.dtype == np.float64
+
+
+@pytest.mark.parametrize('shape', [3.0, None, '3', (3, 2.0), True, [], 0, (2, -1)], ids=repr)
+def test_layernorm_refuses_a_bad_normalized_shape(shape):
+    "Issue 20.12: LayerNorm(3.0) and LayerNorm(None) were raw TypeErrors"
+    with pytest.raises(ValueError, match=r'LayerNorm expected normalized_shape to be a positive int or a tuple of them'):
+        LayerNorm(shape)
+
+
+@pytest.mark.parametrize('p', [0.99999, 0.9999999])
+def test_dropout_float16_with_p_near_one(p):
+    "Issue 20.12: 1/(1-p) overflows float16 and every kept value became inf, every dropped one NaN"
+    x = np.ones((100, 10), np.float16)
+    with pytest.raises(ValueError, match=r'Dropout\(p=0\.9+\) cannot scale float16 input by 1/\(1-p\)'):
+        Dropout(p, rng=0)(x)
+    y = Dropout(0.99, rng=0)(x)                 # 1/(1-p) = 100 fits float16: fine
+    assert y.dtype == np.float16 and np.isfinite(y).all()
+    assert np.isfinite(Dropout(p, rng=0)(x.astype(np.float32))).all()
+
+
+def test_dropout_matches_pytorch_with_the_same_mask():
+    "p = 0.5 in training: PyTorch's own mask passed in gives the same outputs and gradients (the 1/(1-p) scaling)"
+    torch = pytest.importorskip('torch')
+    rng = np.random.default_rng(0)
+    for p in (0.2, 0.5, 0.9):
+        x, g = rng.normal(size=(64, 32)), rng.normal(size=(64, 32))
+        xt = torch.from_numpy(x).requires_grad_(True)
+        yt = torch.nn.Dropout(p)(xt); yt.backward(torch.from_numpy(g))
+        keep = yt.detach().numpy() != 0
+
+        class Given(Dropout):
+            def forward(self, x):
+                self.rng = type('R', (), {'random': lambda _, shape: np.where(keep, 1.0, 0.0)})()   # PyTorch's mask
+                return super().forward(x)
+        ours = Given(p)
+        np.testing.assert_allclose(ours(x), yt.detach().numpy(), rtol=1e-15, atol=0)
+        np.testing.assert_allclose(ours.backward(g), xt.grad.numpy(), rtol=1e-15, atol=0)

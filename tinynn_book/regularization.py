@@ -6,7 +6,8 @@
 from __future__ import annotations
 import operator
 import numpy as np
-from .tensor import DEFAULT_DTYPE, as_float, check_input, device_of, get_rng, to_device
+from .tensor import (DEFAULT_DTYPE, as_float, check_input, device_of, get_rng,
+                                to_device)
 from .layers import Layer, check_arg
 from .model import Callback
 
@@ -15,7 +16,7 @@ __all__ = ['Dropout', 'normalize', 'normalize_backward', 'BatchNorm1d', 'BatchNo
 
 # %% ../nbs/07_regularization.ipynb #e62b7737
 class Dropout(Layer):
-    "Inverted dropout: in training, zero each element with probability `p` and scale the rest by 1/(1-p); identity in evaluation"
+    "Inverted dropout: in training, zero with probability `p`, scale the rest by 1/(1-p)"
     def __init__(self, p:float=0.5, # probability of zeroing an element, in [0, 1)
                  rng=None): # seed or generator for the masks; None for the global one
         super().__init__()
@@ -27,11 +28,18 @@ class Dropout(Layer):
 
     def forward(self, x):
         x = as_float(x)
-        if not self.training or self.p == 0:
+        if not self.training or self.p == 0:   # evaluation mode is the identity
             self.mask = None
             return x
-        keep = to_device(self.rng.random(x.shape) >= self.p, device_of(x))   # Bernoulli(1 - p), drawn on the CPU
-        self.mask = keep * x.dtype.type(1 / (1 - self.p))                # m / (1 - p), in x's dtype: (1)
+        scale, largest = 1 / (1 - self.p), float(np.finfo(x.dtype).max)
+        # float16 holds at most 65504: p = 0.99999 would give inf and NaN
+        if scale > largest:
+            raise ValueError(f"{self!r} cannot scale {x.dtype} input by 1/(1-p) = "
+                             f"{scale:.3g}, the largest {x.dtype} is {largest:.5g}; "
+                             "use a smaller p or a wider dtype")
+        # Bernoulli(1 - p), drawn on the CPU
+        keep = to_device(self.rng.random(x.shape) >= self.p, device_of(x))
+        self.mask = keep * x.dtype.type(scale)   # m / (1 - p), in x's dtype: (1)
         return x * self.mask
 
     def backward(self, grad):
@@ -42,7 +50,7 @@ class Dropout(Layer):
 def normalize(x, # input array
               axes, # the axes the statistics are taken over (a tuple)
               eps=1e-5): # added to the variance
-    "`(x̂, mean, var, s)` of equation (3): x minus its mean over `axes`, times s = 1/sqrt(biased var + eps)"
+    "`(x̂, mean, var, s)` of (3): x minus its mean over `axes`, times 1/sqrt(var + eps)"
     mean = x.mean(axes, keepdims=True)
     xbar = x - mean
     var = (xbar * xbar).mean(axes, keepdims=True)
@@ -50,58 +58,73 @@ def normalize(x, # input array
     return xbar * s, mean, var, s
 
 def normalize_backward(grad, # dL/dx̂, shaped like x
-                       xhat, # x̂ from `normalize`
-                       s, # s from `normalize`
+                       xhat, # x̂, as normalize returns it
+                       s, # s, as normalize returns it
                        axes): # the same axes
     "dL/dx through `normalize` when the statistics depend on x: equation (7)"
-    return s * (grad - grad.mean(axes, keepdims=True) - xhat * (grad * xhat).mean(axes, keepdims=True))
+    mean = lambda v: v.mean(axes, keepdims=True)
+    return s * (grad - mean(grad) - xhat * mean(grad * xhat))
 
 # %% ../nbs/07_regularization.ipynb #4a9ea499
 def _check_hyper(name, num_features, eps, momentum):
-    "ValueError naming the layer unless num_features is a positive int, eps a finite number > 0 and momentum in [0, 1]"
+    "ValueError naming the layer unless num_features, eps > 0 and momentum is in [0, 1]"
     check_arg(num_features, 'num_features', name); check_arg(eps, 'eps', name, 'positive')
     if not 0 <= check_arg(momentum, 'momentum', name, 'number') <= 1:
         raise ValueError(f"{name} expected momentum in [0, 1], got {momentum!r}")
 
+def _is_size(n): # a candidate size
+    "True for a positive int (not a bool)"
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
+
 # %% ../nbs/07_regularization.ipynb #67e34fcf
 class _BatchNorm(Layer):
-    "Normalise each channel over the batch (and the pixels) with equation (3), then scale by γ and shift by β"
-    axes = (0,)                                    # the axes the statistics are taken over; subclasses set it
+    "Normalise each channel over the batch (and pixels) with (3); then scale, shift"
+    axes = (0,)   # the axes of the statistics; set by subclasses
     state_names = ('running_mean', 'running_var')  # saved with the model, never trained
     def __init__(self, num_features:int, # channels C (features D for BatchNorm1d)
                  eps:float=1e-5, # added to the variance
-                 momentum:float=0.1, # weight of the current batch in the running statistics (4)
+                 momentum:float=0.1, # weight of this batch in the running statistics (4)
                  dtype=DEFAULT_DTYPE): # dtype of γ, β and the running statistics
         super().__init__()
-        _check_hyper(type(self).__name__, num_features, eps, momentum)
+        name = type(self).__name__
+        _check_hyper(name, num_features, eps, momentum)
+        dtype = check_arg(dtype, 'dtype', name, 'dtype')   # a float dtype or a ValueError
         C = self.num_features = operator.index(num_features)
         self.eps, self.momentum = float(eps), float(momentum)
         self.params = {'gamma': np.ones(C, dtype), 'beta': np.zeros(C, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.running_mean, self.running_var = np.zeros(C, dtype), np.ones(C, dtype)
 
-    def config(self): return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum)
+    def config(self):
+        return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum)
     def astype(self, dtype):
         super().astype(dtype)
-        self.running_mean, self.running_var = self.running_mean.astype(dtype), self.running_var.astype(dtype)
+        self.running_mean = self.running_mean.astype(dtype)
+        self.running_var = self.running_var.astype(dtype)
         return self
-    def _channel(self, v): return v.reshape(self.bshape)  # a (C,) vector, broadcastable against the input
+    def _channel(self, v): return v.reshape(self.bshape)  # (C,), broadcastable to x
 
-    def forward(self, x):
-        x = check_input(x, self.spec, repr(self), self.params['gamma'].dtype)
-        self.batch_stats = self.training
-        if self.training:
-            m = x.size // self.num_features  # values per channel
-            if m < 2: raise ValueError(f"{self!r} in training mode needs more than one value per channel to compute batch "
-                                       f"statistics, got input of shape {x.shape}; use a larger batch, or evaluation mode")
-            self.xhat, mean, var, self.s = normalize(x, self.axes, self.eps)   # (3)
-            mom = self.momentum
-            self.running_mean[...] = (1 - mom) * self.running_mean + mom * mean.ravel()                # (4), in place
-            self.running_var[...] = (1 - mom) * self.running_var + mom * var.ravel() * (m / (m - 1))   # unbiased
-        else:
-            self.s = 1 / np.sqrt(self._channel(self.running_var) + self.eps)
-            self.xhat = (x - self._channel(self.running_mean)) * self.s
-        return self._channel(self.params['gamma']) * self.xhat + self._channel(self.params['beta'])
+# %% ../nbs/07_regularization.ipynb #31fdd233
+def _batchnorm_forward(self:_BatchNorm, x):
+    x = check_input(x, self.spec, repr(self), self.params['gamma'].dtype)
+    self.batch_stats = self.training
+    if self.training:
+        m = x.size // self.num_features  # values per channel
+        if m < 2:
+            raise ValueError(f"{self!r} in training mode needs more than one value "
+                             "per channel to compute batch statistics, got input of "
+                             f"shape {x.shape}; use a larger batch, or evaluation "
+                             "mode")
+        self.xhat, mean, var, self.s = normalize(x, self.axes, self.eps)   # (3)
+        mom, run_mean, run_var = self.momentum, self.running_mean, self.running_var
+        run_mean[...] = (1 - mom) * run_mean + mom * mean.ravel()   # (4), in place
+        run_var[...] = (1 - mom) * run_var + mom * var.ravel() * (m / (m - 1))  # unbiased
+    else:
+        self.s = 1 / np.sqrt(self._channel(self.running_var) + self.eps)
+        self.xhat = (x - self._channel(self.running_mean)) * self.s
+    gamma, beta = (self._channel(self.params[k]) for k in ('gamma', 'beta'))
+    return gamma * self.xhat + beta
+_BatchNorm.forward = _batchnorm_forward
 
 # %% ../nbs/07_regularization.ipynb #b871ebf5
 def _batchnorm_backward(self:_BatchNorm, grad):
@@ -110,7 +133,8 @@ def _batchnorm_backward(self:_BatchNorm, grad):
     self.grads['beta'] = grad.sum(self.axes)
     if not self.needs_input_grad: return None
     grad = grad * self._channel(self.params['gamma'])          # dL/dx̂
-    if not self.batch_stats: return grad * self.s               # evaluation: a fixed affine map
+    # evaluation: a fixed affine map
+    if not self.batch_stats: return grad * self.s
     return normalize_backward(grad, self.xhat, self.s, self.axes)  # (7)
 _BatchNorm.backward = _batchnorm_backward
 
@@ -120,14 +144,14 @@ def _batchnorm_param_shapes(cls, config): # a config as `config()` returns it
     return {'gamma': (C,), 'beta': (C,)}
 
 class BatchNorm1d(_BatchNorm):
-    "Batch normalisation of (N, D) features: statistics over the batch, one (γ, β) pair per feature"
+    "Batch normalisation of (N, D) features: statistics over the batch"
     axes = (0,)
     spec = property(lambda self: ('N', self.num_features))
     bshape = property(lambda self: (1, self.num_features))
     param_shapes = classmethod(_batchnorm_param_shapes)
 
 class BatchNorm2d(_BatchNorm):
-    "Batch normalisation of (N, C, H, W) images: statistics over the batch and the pixels, one (γ, β) pair per channel"
+    "Batch normalisation of (N, C, H, W) images: statistics over batch and pixels"
     axes = (0, 2, 3)
     spec = property(lambda self: ('N', self.num_features, 'H', 'W'))
     bshape = property(lambda self: (1, self.num_features, 1, 1))
@@ -135,28 +159,33 @@ class BatchNorm2d(_BatchNorm):
 
 # %% ../nbs/07_regularization.ipynb #4bafd8ec
 class LayerNorm(Layer):
-    "Layer normalisation: each example normalised over its last dimensions (8), then scaled by γ and shifted by β elementwise"
-    def __init__(self, normalized_shape, # int or tuple: the trailing dimensions to normalise over
+    "Layer normalisation: each example normalised over its last dimensions (8)"
+    def __init__(self, normalized_shape, # int or tuple: the trailing dimensions
                  eps:float=1e-5, # added to the variance
                  dtype=DEFAULT_DTYPE): # dtype of γ and β
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
-        if not shape or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape):
-            raise ValueError(f"LayerNorm expected normalized_shape to be a positive int or a tuple of them, got {normalized_shape!r}")
+        ns = normalized_shape
+        shape = ns if isinstance(ns, (tuple, list)) else [ns]
+        if not shape or not all(_is_size(n) for n in shape):
+            raise ValueError("LayerNorm expected normalized_shape to be a positive int "
+                             f"or a tuple of them, got {normalized_shape!r}")
         check_arg(eps, 'eps', 'LayerNorm', 'positive')
+        dtype = check_arg(dtype, 'dtype', 'LayerNorm', 'dtype')   # a floating-point dtype
         self.normalized_shape, self.eps = tuple(int(n) for n in shape), float(eps)
         self.axes = tuple(range(-len(shape), 0))   # the last len(shape) axes
         self.params = {'gamma': np.ones(shape, dtype), 'beta': np.zeros(shape, dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def config(self):
-        shape = self.normalized_shape
-        return dict(normalized_shape=shape[0] if len(shape) == 1 else list(shape), eps=self.eps)
+        n = self.normalized_shape
+        return dict(normalized_shape=n[0] if len(n) == 1 else list(n), eps=self.eps)
 
     def forward(self, x):
         x = as_float(x, self.params['gamma'].dtype)
-        if x.shape[x.ndim - len(self.axes):] != self.normalized_shape or x.ndim < len(self.axes):
-            raise ValueError(f"{self!r} expected input of shape (..., {', '.join(map(str, self.normalized_shape))}), got {x.shape}")
+        k, wanted = len(self.axes), self.normalized_shape
+        if x.ndim < k or x.shape[x.ndim - k:] != wanted:
+            raise ValueError(f"{self!r} expected input of shape "
+                             f"(..., {', '.join(map(str, wanted))}), got {x.shape}")
         self.xhat, _, _, self.s = normalize(x, self.axes, self.eps)   # (8)
         return self.params['gamma'] * self.xhat + self.params['beta']
 
@@ -166,51 +195,89 @@ class LayerNorm(Layer):
         self.grads['gamma'] = (grad * self.xhat).sum(batch_axes)
         self.grads['beta'] = grad.sum(batch_axes)
         if not self.needs_input_grad: return None
-        return normalize_backward(grad * self.params['gamma'], self.xhat, self.s, self.axes)   # (7) over the feature axes
+        grad = grad * self.params['gamma']
+        return normalize_backward(grad, self.xhat, self.s, self.axes)   # (7)
 
 # %% ../nbs/07_regularization.ipynb #4bafd8ed
 def _layernorm_param_shapes(cls, config): # a config as `config()` returns it
     "γ and β: the shape `normalized_shape` names"
     shape = config['normalized_shape']
     shape = tuple(shape) if isinstance(shape, (list, tuple)) else (shape,)
-    if not shape: raise ValueError(f"{cls.__name__} expected normalized_shape to be a positive int or a tuple of them, got {shape!r}")
+    if not shape: raise ValueError(f"{cls.__name__} expected normalized_shape to be a "
+                                   f"positive int or a tuple of them, got {shape!r}")
     shape = tuple(check_arg(n, 'normalized_shape', cls.__name__) for n in shape)
     return {'gamma': shape, 'beta': shape}
 LayerNorm.param_shapes = classmethod(_layernorm_param_shapes)
 
 # %% ../nbs/07_regularization.ipynb #71e1b286
 class EarlyStopping(Callback):
-    "Stop `fit` when `monitor` has not improved by more than `min_delta` for `patience` epochs; restore the best weights"
+    "Stop `fit` when `monitor` has not improved for `patience` epochs; restore the best"
     def __init__(self, patience:int=5, # epochs without improvement before stopping
-                 monitor:str='val_loss', # a key of the History: lower is better, except for accuracies
+                 monitor:str='val_loss', # a History key; lower is better (not accuracy)
                  min_delta:float=0.0, # an improvement must exceed this
-                 restore_best:bool=True): # at the end, put back the parameters and state of the best epoch
-        if not (isinstance(patience, (int, np.integer)) and not isinstance(patience, bool) and patience >= 0):
-            raise ValueError(f"EarlyStopping expected a non-negative integer patience, got {patience!r}")
-        self.patience, self.monitor, self.min_delta, self.restore_best = int(patience), monitor, float(min_delta), restore_best
-        self.sign = -1.0 if 'accuracy' in monitor else 1.0   # compare sign * value: lower is better
+                 restore_best:bool=True): # at the end, restore the best epoch's weights
+        integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        if not (integer(patience) and patience >= 0):
+            raise ValueError("EarlyStopping expected a non-negative integer patience, "
+                             f"got {patience!r}")
+        if not isinstance(monitor, str):
+            raise ValueError("EarlyStopping expected monitor to be the name of a History "
+                             f"key, such as 'val_loss', got {monitor!r}")
+        real = integer(min_delta) or isinstance(min_delta, (float, np.floating))
+        if not (real and np.isfinite(min_delta) and min_delta >= 0):
+            raise ValueError("EarlyStopping expected min_delta to be a finite number "
+                             f">= 0, got {min_delta!r}")
+        if not isinstance(restore_best, (bool, np.bool_)):
+            raise ValueError("EarlyStopping expected restore_best to be True or False, "
+                             f"got {restore_best!r}")
+        self.patience, self.monitor = int(patience), monitor
+        self.min_delta, self.restore_best = float(min_delta), bool(restore_best)
+        self.sign = -1.0 if 'accuracy' in monitor else 1.0   # sign * value: lower is best
         self.best_value = self.best_epoch = None
 
-    def __repr__(self): return f"EarlyStopping(patience={self.patience}, monitor={self.monitor!r}, min_delta={self.min_delta}, restore_best={self.restore_best})"
+    def __repr__(self):
+        return (f"EarlyStopping(patience={self.patience}, monitor={self.monitor!r}, "
+                f"min_delta={self.min_delta}, restore_best={self.restore_best})")
 
     def on_train_begin(self, model):
         self.best_value = self.best_epoch = self._best = None
         self.wait = 0
 
-    def on_epoch_end(self, model, history):
-        if self.monitor not in history: raise ValueError(f"EarlyStopping: {self.monitor!r} is not in the history; choose one of {list(history)}")
-        value = history[self.monitor][-1]
-        if value is None: raise ValueError(f"EarlyStopping monitors {self.monitor!r}, but fit recorded None for it (pass validation_data to fit)")
-        if self.best_value is None or self.sign * value < self.sign * self.best_value - self.min_delta:
-            self.best_value, self.best_epoch, self.wait = value, history.epochs, 0
-            if self.restore_best: self._best = ({k: p.copy() for k, p in model.net.params.items()},
-                                                {k: s.copy() for k, s in model.net.state.items()})
-            return False
-        self.wait += 1
-        return self.wait >= self.patience   # patience=0: stop at the first epoch without improvement
-
     def on_train_end(self, model, history):
         if not (self.restore_best and self._best): return
         params, state = self._best
-        for k, p in model.net.params.items(): p[...] = params[k]   # in place: the optimizer holds these arrays
+        # in place: the optimizer holds these arrays
+        for k, p in model.net.params.items(): p[...] = params[k]
         for k, s in model.net.state.items(): s[...] = state[k]
+
+# %% ../nbs/07_regularization.ipynb #f62be69e
+def _early_stopping_epoch_end(self:EarlyStopping, model, history):
+    "After each epoch: remember a better value (and the weights); True to stop"
+    if self.monitor not in history:
+        raise ValueError(f"EarlyStopping: {self.monitor!r} is not in the history; "
+                         f"choose one of {list(history)}")
+    value = history[self.monitor][-1]
+    who = f"EarlyStopping monitors {self.monitor!r}, but"
+    no_metric = getattr(model, 'metric', True) is None   # MSE, say, has no accuracy
+    if value is None and 'accuracy' in self.monitor and no_metric:
+        raise ValueError(f"{who} the loss {model.loss!r} has no accuracy; monitor "
+                         f"{self.monitor.replace('accuracy', 'loss')!r} instead")
+    if value is None:
+        raise ValueError(f"{who} fit recorded None for it "
+                         "(pass validation_data to fit)")
+    # NaN compares False with everything: epoch 1 would stay the best
+    if not np.isfinite(value):
+        raise ValueError(f"EarlyStopping: {self.monitor!r} is {value} at epoch "
+                         f"{history.epochs}, not a finite number; the run has "
+                         "diverged (lower the learning rate)")
+    best = self.best_value
+    if best is None or self.sign * value < self.sign * best - self.min_delta:
+        self.best_value, self.best_epoch, self.wait = value, history.epochs, 0
+        params, state = model.net.params, model.net.state
+        if self.restore_best: self._best = ({k: p.copy() for k, p in params.items()},
+                                            {k: s.copy() for k, s in state.items()})
+        return False
+    self.wait += 1
+    # patience=0: stop at the first epoch without improvement
+    return self.wait >= self.patience
+EarlyStopping.on_epoch_end = _early_stopping_epoch_end
