@@ -41,7 +41,7 @@ def _standin(obj):
 # %% ../nbs/10_gpu.ipynb #93b822b0
 class StandInArray(np.ndarray):
     "A numpy array playing a GPU array: numpy's functions work on it; mixing it with a plain numpy array is a TypeError"
-    ops = 0    # array operations run on the stand-in device so far: each is at least one kernel launch on a GPU
+    ops = 0    # calls into the array module on the stand-in device so far: about one kernel launch each on a GPU
     syncs = 0  # values Python read from the device (float(a), if a: ...): on a GPU each one waits for all queued work
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
