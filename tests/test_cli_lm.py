@@ -232,3 +232,176 @@ def test_sigterm_saves_a_recurrent_and_an_mlp_model(tmp_path, name):
     assert proc.returncode == 130 and 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
     model, vocab, lm = load_lm(ckpt)
     assert lm['step'] >= 10 and lm['options']['model'] == name
+
+# ---- Data parallel (chapter 13): --workers threads, or the ranks of mpiexec -----------------------------------
+def _params(path): return load_lm(path)[0].net.params
+
+def _close(a, b, atol=1e-5):
+    "Two checkpoints' weights agree to float32 rounding (sums of shards in another order)"
+    assert a.keys() == b.keys()
+    for k in a: np.testing.assert_allclose(b[k], a[k], rtol=0, atol=atol, err_msg=k)
+
+@pytest.mark.parametrize('name', list(SMALL))
+def test_threads_train_what_one_process_does(tmp_path, name):
+    "Every model, clipped on every step: 3 threads (shards of 1, 1 and 2 windows) reach one process's weights"
+    argv = [*TINY, '--model', name, *SMALL[name], '--iters', '6', '--clip', '0.05']
+    out = {}
+    for n in (1, 3):
+        code, out[n], err = _run(*argv, '--workers', str(n), '--save', str(tmp_path / f'{n}.npz'))
+        assert code == 0, err
+    assert '3 threads sharing each step' in out[3] and 'sharing' not in out[1]
+    assert out[3].count('val_loss') == 2 and out[3].count('checkpoint of step 6') == 1
+    _close(_params(tmp_path / '1.npz'), _params(tmp_path / '3.npz'))
+
+def test_clipping_sees_the_gradient_summed_over_the_workers(monkeypatch):
+    "One clip a step, of the whole batch's gradient: the norms are one process's, not a shard's"
+    norms, real = [], cli_lm.clip_grad_norm
+    def spy(grads, max_norm):
+        norms.append(real(grads, max_norm)); return norms[-1]
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', spy)
+    seen = {}
+    for n in (1, 2):
+        norms.clear()
+        assert _run(*TINY, '--iters', '4', '--clip', '0.05', '--workers', str(n))[0] == 0
+        seen[n] = norms[:]
+    assert len(seen[2]) == 4 and min(seen[1]) > 0.05   # once a step; the limit bit every time
+    np.testing.assert_allclose(seen[2], seen[1], rtol=1e-5)
+
+def test_ctrl_c_with_threads_saves_the_last_completed_step(tmp_path, monkeypatch):
+    calls, real = [], cli_lm.clip_grad_norm
+    def clip(grads, max_norm):
+        calls.append(1)
+        if len(calls) == 4: raise KeyboardInterrupt
+        return real(grads, max_norm)
+    argv = [*TINY, '--model', 'gru', *SMALL['gru'], '--workers', '2']
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
+    code, out, err = _run(*argv, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
+    assert code == 130 and err == 'tinynn-lm: interrupted after 3 of 50 steps\n', err
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
+    assert _run(*argv, '--iters', '3', '--save', str(tmp_path / 'three.npz'))[0] == 0
+    cut, three = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'three.npz')
+    assert cut[2]['step'] == 3
+    for k, p in three[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+
+def test_a_run_resumed_with_more_workers_goes_on_as_one_process_would(tmp_path):
+    "--workers is not an option the checkpoint fixes: a run saved by one process resumes on two threads"
+    argv = [*TINY, '--model', 'lstm', *SMALL['lstm']]
+    for name in ('a', 'b'):
+        assert _run(*argv, '--iters', '3', '--save', str(tmp_path / f'{name}.npz'))[0] == 0
+    assert _run('--resume', str(tmp_path / 'a.npz'), '--iters', '6', '--save', str(tmp_path / 'a.npz'))[0] == 0
+    code, out, err = _run('--resume', str(tmp_path / 'b.npz'), '--iters', '6', '--workers', '2',
+                          '--save', str(tmp_path / 'b.npz'))
+    assert code == 0 and 'steps 4-6' in out and '2 threads sharing each step' in out, err
+    _close(_params(tmp_path / 'a.npz'), _params(tmp_path / 'b.npz'))
+
+def test_workers_refused_where_they_cannot_share(monkeypatch):
+    monkeypatch.setattr(cli_lm, '_read_text', lambda args: pytest.fail('read the text before refusing'))
+    code, out, err = _run('--workers', '0')
+    assert code == 2 and 'argument --workers: expected a positive int' in err, err
+    monkeypatch.setattr(cli_lm, 'get_device', lambda name: name)   # as if there were a GPU
+    code, out, err = _run('--workers', '2', '--device', 'gpu')
+    assert code == 2 and 'threads share a step on the cpu only, not on the gpu' in err, err
+    monkeypatch.setenv('PMI_RANK', '0'); monkeypatch.setenv('PMI_SIZE', '2')   # as mpiexec -n 2 starts a rank
+    code, out, err = _run('--workers', '2')
+    assert code == 2 and 'argument --workers: started by mpiexec on 2 ranks' in err, err
+    code, out, err = _run('--device', 'gpu')
+    assert code == 2 and 'argument --device: started by mpiexec on 2 ranks' in err, err
+    def no_mpi4py(): raise ImportError("training over MPI needs mpi4py and an MPI: pip install -e \".[mpi]\"")
+    monkeypatch.setattr(cli_lm, 'import_mpi', no_mpi4py)
+    code, out, err = _run()
+    assert code == 2 and 'started by mpiexec on 2 ranks: training over MPI needs mpi4py' in err, err
+
+def test_a_real_sigterm_with_threads_saves_and_exits_130(tmp_path):
+    ckpt = tmp_path / 'g.npz'
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(_script() + TINY + ['--workers', '2', '--iters', '100000', '--save', str(ckpt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        evaluations, deadline = 0, time.monotonic() + 120
+        for line in proc.stdout:
+            evaluations += 'val_loss' in line
+            if evaluations == 2 or time.monotonic() > deadline: break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130 and 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
+    assert load_lm(ckpt)[2]['step'] >= 10
+
+def _mpi_ready():
+    from tinynn_book.parallel import import_mpi, mpiexec_path
+    try: import_mpi(); return bool(mpiexec_path())
+    except Exception: return False
+
+needs_mpi = pytest.mark.skipif(not _mpi_ready(), reason="needs mpi4py and mpiexec: pip install -e '.[mpi]'")
+
+# each rank also writes its own weights, to show that every rank holds the same ones
+EVERY_RANK = '''import sys, numpy as np
+from tinynn_book import cli_lm
+from tinynn_book.parallel import mpi_world
+report = cli_lm._report
+def each_rank(args, model, *rest):
+    np.savez(f"{args.save}.rank{mpi_world()[0]}.npz", **model.net.params)
+    return report(args, model, *rest)
+cli_lm._report = each_rank
+sys.exit(cli_lm.main())'''
+
+def _ranks(path, n=2):
+    out = []
+    for r in range(n):
+        with np.load(f'{path}.rank{r}.npz') as f: out.append({k: f[k] for k in f.files})
+    return out
+
+@needs_mpi
+@pytest.mark.parametrize('name', list(SMALL))
+def test_mpiexec_two_ranks_print_once_save_once_and_train_what_one_does(tmp_path, name):
+    from tinynn_book.parallel import mpi_run
+    argv = [*TINY, '--model', name, *SMALL[name], '--iters', '6', '--clip', '0.05']
+    ckpt = tmp_path / 'ranks.npz'
+    ranks = mpi_run([sys.executable, '-c', EVERY_RANK, *argv, '--sample-tokens', '20', '--save', ckpt],
+                    n=2, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    out = ranks.stdout
+    assert out.count(f'{name}: ') == 1 and out.count('val_loss') == 2, out
+    assert '2 ranks sharing each step' in out and out.count('checkpoint of step 6') == 1, out
+    zero, one = _ranks(ckpt)
+    for k in zero: assert zero[k].tobytes() == one[k].tobytes(), k   # every rank, bit for bit
+    assert _run(*argv, '--save', str(tmp_path / 'one.npz'))[0] == 0
+    _close(_params(tmp_path / 'one.npz'), _params(ckpt))
+
+@needs_mpi
+def test_mpiexec_with_dropout_ranks_agree_but_draw_their_own_masks(tmp_path):
+    "Each rank draws dropout masks for its shard from its own stream: the ranks agree, one process differs"
+    from tinynn_book.parallel import mpi_run
+    argv = [*TINY, '--dropout', '0.2', '--iters', '6']
+    ckpt = tmp_path / 'ranks.npz'
+    ranks = mpi_run([sys.executable, '-c', EVERY_RANK, *argv, '--save', ckpt], n=2, timeout=300)
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    zero, one = _ranks(ckpt)
+    for k in zero: assert zero[k].tobytes() == one[k].tobytes(), k
+    assert _run(*argv, '--save', str(tmp_path / 'one.npz'))[0] == 0
+    single, shared = _params(tmp_path / 'one.npz'), _params(ckpt)
+    assert max(float(np.abs(single[k] - shared[k]).max()) for k in single) > 1e-4
+
+@needs_mpi
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_mpiexec_passes_a_signal_on_and_every_rank_stops_after_one_step(tmp_path, sig):
+    "mpiexec hands the signal to both ranks; they stop after the same step (no rank left waiting), rank 0 saves"
+    from tinynn_book.parallel import mpiexec_path
+    ckpt = tmp_path / 'g.npz'
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([mpiexec_path(), '-n', '2', *_script(), *TINY, '--iters', '100000', '--save', str(ckpt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        evaluations, deadline = 0, time.monotonic() + 120
+        for line in proc.stdout:
+            evaluations += 'val_loss' in line
+            if evaluations == 2 or time.monotonic() > deadline: break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130 and err.count('interrupted after') == 1, err[-2000:]
+    assert 'Traceback' not in err, err[-2000:]
+    step = load_lm(ckpt)[2]['step']
+    assert step >= 10 and out.count(f'checkpoint of step {step}') == 1, out

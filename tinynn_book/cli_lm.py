@@ -5,6 +5,7 @@
 # %% ../nbs/cli_lm.ipynb #a7a546d1
 from __future__ import annotations
 import argparse, json, math, os, signal, sys, threading, time
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from .tensor import (array_module, as_float, check_input, get_device,
@@ -20,6 +21,7 @@ from .rnn import (Embedding, Linear, SequenceCrossEntropy, char_lm,
                              clip_grad_norm, load_shakespeare, random_windows,
                              stream_loss)
 from .transformer import GPT, GPTAdamW, sample_logits
+from .parallel import data_parallel, import_mpi, mpi_world
 
 # %% auto #0
 __all__ = ['MODELS', 'RESUMED', 'CausalWindow', 'save_lm', 'load_lm', 'encode', 'generate_text', 'main']
@@ -118,6 +120,8 @@ def _train_parser():
     a('--save', type=_name, metavar='CKPT', help='write the model here (.npz)')
     a('--resume', type=_name, metavar='CKPT', help='continue a run saved with --save')
     a('--device', choices=['cpu', 'gpu'], default='cpu', help='where to train (cpu)')
+    a('--workers', type=_positive_int, default=1, metavar='N',
+      help='threads sharing each step (chapter 13); under mpiexec, the ranks (1)')
     a('--seed', type=_non_negative_int, default=0, help='weights, batches (default: 0)')
     a('--sample-tokens', type=_non_negative_int, default=200, metavar='N',
       help='characters to write at the end, 0 for none (default: 200)')
@@ -206,7 +210,19 @@ def _check_train_args(p, args):
     if args.device == 'gpu':
         try: get_device('gpu')
         except RuntimeError as e: p.error(f"argument --device: {e}")
+    if args.workers > 1 and args.device != 'cpu':
+        p.error(f"argument --workers: threads share a step on the cpu only, not on the "
+                f"{args.device}")
+    if (world := mpi_world()) and world[1] > 1:
+        ranks = f"started by mpiexec on {world[1]} ranks"
+        if args.workers > 1:
+            p.error(f"argument --workers: {ranks}, which share each step; use one")
+        if args.device != 'cpu':
+            p.error(f"argument --device: {ranks}, which share a step on the cpu only")
+        try: import_mpi()
+        except ImportError as e: p.error(f"{ranks}: {e}")
 
+# %% ../nbs/cli_lm.ipynb #d3b8e1c6
 def _read_text(args):
     "The text: --data as UTF-8, else the bundled sample; an OSError or ValueError if not"
     if not args.data: return load_shakespeare(sample=True)
@@ -242,35 +258,51 @@ def _schedule(args):
 
 def _options(args): return {k: getattr(args, k) for k in RESUMED}
 
+# %% ../nbs/cli_lm.ipynb #a1f0c7d2
+@contextmanager
+def _signals_noted(dp):
+    "Under mpiexec, Ctrl-C and SIGTERM only noted inside; `stop()`: did any rank get one?"
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not (hasattr(dp, 'comm') and main_thread):
+        yield lambda: False; return   # one process: the signal interrupts where it lands
+    got, signals = [], (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: signal.getsignal(s) for s in signals}
+    for s in signals: signal.signal(s, lambda *a: got.append(a))
+    try: yield lambda: dp.comm.allreduce(len(got), op=dp.MPI.SUM) > 0   # every rank alike
+    finally:
+        for s, handler in handlers.items(): signal.signal(s, handler)
+
 # %% ../nbs/cli_lm.ipynb #cdc03737
-def _train(args, model, train, val, start):
-    "Steps start … iters - 1: (steps completed, whether Ctrl-C or SIGTERM stopped it)"
+def _train(args, model, dp, train, val, start):
+    "Steps start … iters - 1, shared by `dp`'s workers: (steps done, whether stopped)"
     schedule, done, t0, losses = _schedule(args), start, time.perf_counter(), []
-    on = lambda a: to_device(a, model.device)
-    model.net.train()
+    opt = model.optimizer
+    update = opt.step
+    def clipped_update(pairs):   # called with the gradients summed over the workers
+        nonlocal done
+        clip_grad_norm([g for _, g in pairs], args.clip)   # one norm for every worker
+        update(pairs); done += 1   # inside the step's block that holds Ctrl-C back
+    opt.step = clipped_update
     try:
-        for step in range(start, args.iters):
-            rng = np.random.default_rng([args.seed, step])
-            x, y = random_windows(train, args.context, args.batch_size, rng)
-            model.optimizer.lr = schedule(step)
-            logits = model.net.forward(on(x))
-            loss = model.loss.loss(logits, on(y))
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss} at step {step + 1}")
-            model.net.backward(model.loss.grad(logits, on(y)))
-            params = model.net.parameters()
-            clip_grad_norm([g for _, g in params], args.clip)
-            with _interrupts_deferred():       # the update and the count: both or neither
-                model.optimizer.step(params); done = step + 1
-            losses.append(loss)
-            if done % args.eval_every == 0 or done == args.iters:
-                val_loss = stream_loss(model.net, val, args.context)
-                seconds = time.perf_counter() - t0
-                print(f"step {done:>{len(str(args.iters))}}/{args.iters}  loss "
-                      f"{np.mean(losses):.4f}  val_loss {val_loss:.4f}  {seconds:.0f} s",
-                      flush=True)
-                losses = []
+        with _signals_noted(dp) as stop:
+            for step in range(start, args.iters):
+                rng = np.random.default_rng([args.seed, step])
+                x, y = random_windows(train, args.context, args.batch_size, rng)
+                opt.lr = schedule(step)
+                try: loss, _ = dp.step(x, y)   # each worker draws it, takes its shard
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"at step {step + 1}, {e}") from None
+                losses.append(loss)
+                if done % args.eval_every == 0 or done == args.iters:
+                    if dp.is_root:   # the others would compute the same number
+                        val_loss = stream_loss(model.net, val, args.context)
+                        print(f"step {done:>{len(str(args.iters))}}/{args.iters}  loss "
+                              f"{np.mean(losses):.4f}  val_loss {val_loss:.4f}  "
+                              f"{time.perf_counter() - t0:.0f} s", flush=True)
+                    losses = []
+                if stop(): raise KeyboardInterrupt   # all ranks after this step
     except KeyboardInterrupt: return done, True
+    finally: del opt.step   # the optimizer's own step again
     return done, False
 
 # %% ../nbs/cli_lm.ipynb #712a0603
@@ -343,15 +375,27 @@ def _train_and_report(args):
         model, vocab, train, val, start = _model_and_data(args, text)
     except (OSError, ValueError) as e:
         print(f"tinynn-lm: error: {e}", file=sys.stderr); return 1
-    size = sum(p.size for p in model.net.params.values())
-    source = '' if args.data else ' (bundled sample)'
-    print(f"{args.model}: {size:,} parameters, vocabulary of {len(vocab)}; "
-          f"{len(train):,} training and {len(val):,} validation characters{source}")
-    print(f"steps {start + 1}-{args.iters}, batch {args.batch_size} × {args.context}, "
-          f"AdamW lr {args.lr:g}, on the {args.device}")
-    try: done, interrupted = _train(args, model, train, val, start)
-    except FloatingPointError as e:
-        print(f"tinynn-lm: error: {e}; lower --lr", file=sys.stderr); return 1
+    model.net.train()
+    dp = data_parallel(model, workers=args.workers, seed=args.seed)   # mpiexec: ranks
+    with dp, dp.root_only_output():   # every worker trains; the first prints and writes
+        size = sum(p.size for p in model.net.params.values())
+        source = '' if args.data else ' (bundled sample)'
+        sharing = f"{dp.size} {'ranks' if mpi_world() else 'threads'} sharing each step"
+        print(f"{args.model}: {size:,} parameters, vocabulary of {len(vocab)}; "
+              f"{len(train):,} training and {len(val):,} validation characters{source}")
+        print(f"steps {start + 1}-{args.iters}, batch {args.batch_size} × {args.context}"
+              f", AdamW lr {args.lr:g}, on the {args.device}"
+              + (f", {sharing}" if dp.size > 1 else ''))
+        try: done, interrupted = _train(args, model, dp, train, val, start)
+        except FloatingPointError as e:
+            if dp.is_root: print(f"tinynn-lm: error: {e}; lower --lr", file=sys.stderr)
+            return 1
+        return _report(args, model, dp, vocab, start, done, interrupted)
+
+# %% ../nbs/cli_lm.ipynb #f4c2a9b7
+def _report(args, model, dp, vocab, start, done, interrupted):
+    "The first worker says why it stopped, writes the checkpoint, samples; the exit code"
+    if not dp.is_root: return 130 if interrupted else 0
     if interrupted:
         print(f"tinynn-lm: interrupted after {done} of {args.iters} steps",
               file=sys.stderr)
