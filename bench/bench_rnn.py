@@ -167,7 +167,9 @@ def main():
     path = Path(args.out)
     old = json.loads(path.read_text()) if path.exists() else {}
     out['timing'] = [run_child('time', n, args) for n in args.threads.split(',')]
-    out['train'] = old.get('train') if args.skip_train else run_child('train', args.train_threads, args)
+    if args.skip_train:   # the training run keeps its own date and corpus (the top-level ones are the timing's)
+        out['train'] = old.get('train') and {'date': old.get('date'), 'corpus': old.get('corpus'), **old['train']}
+    else: out['train'] = {'date': out['date'], 'corpus': corpus, **run_child('train', args.train_threads, args)}
     out['load_after'] = os.getloadavg()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + '\n')
