@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinynn_book.layers import Dense, ReLU, check_layer_grads
-from tinynn_book.conv import AvgPool2D, Conv2D, Flatten
+from tinynn_book.conv import AvgPool2D, Conv2D, Flatten, MaxPool2D
 from tinynn_book.losses import SoftmaxCrossEntropy
 from tinynn_book.optim import Adam
 from tinynn_book.model import Model, Net
@@ -202,6 +202,51 @@ def test_profile_layers_restores_the_methods():
     assert ('Conv2D', 'forward') in profile and ('FastBatchNorm2d', 'backward') in profile and ('other', '') in profile
     conv = model.net.layers[1]
     assert 'forward' not in vars(conv) and 'backward' not in vars(conv)
+
+
+def test_receptive_field_with_strides_and_pooling():
+    "Equation (1) by hand: 3x3 stride 2 -> (3, 2); 3x3 -> (7, 2); 2x2 pool -> (9, 4); 3x3 -> (17, 4)"
+    layers = [Conv2D(1, 1, 3, stride=2), ReLU(), Conv2D(1, 1, 3), MaxPool2D(2), Conv2D(1, 1, 3)]
+    assert receptive_field(layers) == (17, 4)
+    assert receptive_field(layers[:2]) == (3, 2)
+
+
+def test_profile_layers_times_only_the_steps_after_the_warm_up(monkeypatch):
+    "A fake clock that only the Tick layer advances: 100 in the warm-up step, 1 in each timed step"
+    import tinynn_book.cnn as cnn
+    clock = [0.0]
+    class Tick(ReLU):
+        calls = 0
+        def forward(self, x):
+            clock[0] += 100 if Tick.calls == 0 else 1
+            Tick.calls += 1
+            return x
+        def backward(self, grad): return grad
+    monkeypatch.setattr(cnn, 'time', type('FakeTime', (), {'perf_counter': staticmethod(lambda: clock[0])}))
+    model = Model(Net([Tick(), Flatten(), Dense(4, 3, rng=0)]), SoftmaxCrossEntropy(), Adam())
+    profile = profile_layers(model, np.ones((2, 1, 2, 2), np.float32), np.array([0, 1]), steps=3)
+    assert Tick.calls == 4
+    assert profile[('Tick', 'forward')] == 1 and profile[('Dense', 'forward')] == 0 and profile[('other', '')] == 0
+
+
+@pytest.mark.parametrize('steps', [0, -1, 1.5, True])
+def test_profile_layers_refuses_bad_steps(steps):
+    model = Model(Net([Flatten(), Dense(4, 3, rng=0)]), SoftmaxCrossEntropy(), Adam())
+    with pytest.raises(ValueError, match='profile_layers expected steps to be a positive integer'):
+        profile_layers(model, np.ones((2, 1, 2, 2), np.float32), np.array([0, 1]), steps=steps)
+
+
+@pytest.mark.parametrize('build, message', [
+    (lambda: vgg_block(0, 1, 2), 'vgg_block expected num_convs to be a positive integer, got 0'),
+    (lambda: vgg_block(2, 0, 2), 'vgg_block expected in_channels to be a positive integer, got 0'),
+    (lambda: resnet(widths=()), 'resnet expected widths to be a non-empty sequence of channel counts, got ()'),
+    (lambda: resnet(widths=5), 'resnet expected widths to be a non-empty sequence of channel counts, got 5'),
+    (lambda: resnet(widths=(8, 0)), 'resnet expected every width to be a positive integer, got 0'),
+    (lambda: GlobalAvgPool2D()(np.zeros((2, 3, 0, 0))), r'GlobalAvgPool2D\(\) expected feature maps of at least 1×1, got input of shape \(2, 3, 0, 0\)'),
+    (lambda: GlobalAvgPool2D()(np.zeros((2, 3, 4, 0))), r'at least 1×1, got input of shape \(2, 3, 4, 0\)'),
+])
+def test_builders_and_pooling_refuse_degenerate_arguments(build, message):
+    with pytest.raises(ValueError, match=message): build()
 
 
 def test_resnet_trains_on_the_sample():

@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 from fastcore.basics import patch
 from .tensor import DEFAULT_DTYPE, check_input, get_rng
-from .layers import Layer, Dense, ReLU
+from .layers import Layer, Dense, ReLU, check_arg
 from .conv import Conv2D, MaxPool2D
 from .model import Net, describe, rebuild
 from .regularization import BatchNorm2d
@@ -37,6 +37,8 @@ def vgg_block(num_convs:int, # 3×3 convolutions in the block
               dtype=DEFAULT_DTYPE,
              ) -> Net:
     "`num_convs` × (3×3 convolution with padding 1 [, norm], ReLU), then 2×2 max pooling: the size halves"
+    for name, n in (('num_convs', num_convs), ('in_channels', in_channels), ('out_channels', out_channels)):
+        check_arg(n, name, 'vgg_block')   # num_convs=0 would return a lone pooling layer
     rng, layers = get_rng(rng), []
     for i in range(num_convs):
         layers.append(Conv2D(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, rng=rng, dtype=dtype))
@@ -48,6 +50,8 @@ class GlobalAvgPool2D(Layer):
     "(N, C, H, W) to (N, C): the mean of each feature map, equation (3)"
     def forward(self, x):
         x = check_input(x, ('N', 'C', 'H', 'W'), repr(self))
+        if x.shape[2] == 0 or x.shape[3] == 0:   # the mean of no values is NaN, never an answer
+            raise ValueError(f"{self!r} expected feature maps of at least 1×1, got input of shape {x.shape}")
         self.x_shape = x.shape
         return x.mean(axis=(2, 3))
 
@@ -100,6 +104,9 @@ def resnet(rng=None, # seed or generator for the initial weights; None for the g
            num_classes:int=10,
           ) -> Net:
     "A small ResNet for (N, 1, 28, 28) images: 3×3 stem and 2×2 pooling, one residual block per stage, global average pooling, Dense"
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, '__len__') or len(widths) == 0:
+        raise ValueError(f"resnet expected widths to be a non-empty sequence of channel counts, got {widths!r}")
+    widths = tuple(check_arg(w, 'every width', 'resnet') for w in widths)
     rng, norm = get_rng(rng), norm or FastBatchNorm2d
     layers = [Conv2D(1, widths[0], 3, padding=1, rng=rng, dtype=dtype), norm(widths[0]).astype(dtype), ReLU(), MaxPool2D(2)]
     for i, (c_in, c_out) in enumerate(zip((widths[0],) + tuple(widths[:-1]), widths)):
@@ -108,15 +115,19 @@ def resnet(rng=None, # seed or generator for the initial weights; None for the g
 
 mnist.MODELS['resnet'] = resnet  # chapter 6's make_model (and the command) can now build it, without chapter 6 importing this one
 
+# %% ../nbs/09_modern_cnn.ipynb #44cfa3ff
+RESNET_RECIPE = dict(lr=2e-3, weight_decay=0.05, max_shift=2)  # AdamW's rate and decay, random shifts: chosen on the validation split
+
 # %% ../nbs/09_modern_cnn.ipynb #f2c8bec5
 def profile_layers(model, # a Model; its training steps are timed and then continue as usual
                    x, y, # one batch and its labels
                    steps:int=5, # training steps timed, after one warm-up step
                   ) -> dict:
     "Seconds per training step in each kind of layer, `{(class name, 'forward' or 'backward'): s}`, plus `('other', '')`"
+    steps = check_arg(steps, 'steps', 'profile_layers')   # 0 would divide by zero, -1 give a negative time
     times, patched = defaultdict(float), []
     def leaves(layer): return [leaf for sub in layer.layers for leaf in leaves(sub)] if isinstance(layer, Net) else [layer]
-    for layer in leaves(model.net):
+    for layer in dict.fromkeys(leaves(model.net)):   # each object once: patching one twice would break the cleanup
         for kind in ('forward', 'backward'):
             def timed(*args, method=getattr(layer, kind), key=(type(layer).__name__, kind)):
                 t0 = time.perf_counter(); out = method(*args); times[key] += time.perf_counter() - t0
@@ -171,9 +182,6 @@ def backward(self:FastBatchNorm2d, grad):
     dx -= (a * s * self.grads['gamma'] / m)[:, None, None] * self.xbar   # (8)
     dx -= (a * self.grads['beta'] / m)[:, None, None]
     return dx
-
-# %% ../nbs/09_modern_cnn.ipynb #44cfa3ff
-RESNET_RECIPE = dict(lr=2e-3, weight_decay=0.05, max_shift=2)  # AdamW's rate and decay, random shifts: chosen on the validation split
 
 # %% ../nbs/09_modern_cnn.ipynb #e87a2eca
 @patch
