@@ -260,3 +260,17 @@ def test_earlier_chapters_do_not_import_this_one():
     code = ("import sys, tinynn_book.mnist, tinynn_book.regularization, tinynn_book.autograd; "
             "assert 'tinynn_book.cnn' not in sys.modules, 'a backward import'")
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_residuals_nested_too_deep_are_refused_when_built_not_after_training(tmp_path):
+    "Issue 20.15: Residual(Net([x])) nested 300-1000 deep trained, but repr and save raised RecursionError"
+    from tinynn_book.model import MAX_NESTING
+    x, built = Net([Dense(2, 2, rng=0), ReLU()]), 0
+    with pytest.raises(ValueError, match=rf'^Residual: layers nested {MAX_NESTING + 1} deep, but a Net nests at most'):
+        for _ in range(1000):
+            x = Residual(Net([x])); built += 1   # two levels each: the Residual and the Net inside it
+    assert built == (MAX_NESTING - 1) // 2
+    model = Model(x, SoftmaxCrossEntropy(), Adam())   # the deepest one that was built trains, prints, saves and loads
+    model.train_step(np.ones((4, 2), np.float32), np.array([0, 1, 0, 1]))
+    loaded = Model.load(model.save(tmp_path / 'residuals.npz'))
+    assert repr(loaded.net) == repr(x) and np.array_equal(loaded.predict(np.ones((3, 2))), model.predict(np.ones((3, 2))))

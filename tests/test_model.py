@@ -789,8 +789,9 @@ def test_one_layer_object_twice_in_a_net_is_refused():
         Net([inner, inner])
     with pytest.raises(ValueError, match=r'positions 1 and 3'):
         Model([Dense(2, 4), r, Dense(4, 4), r], MSE(), SGD(0.1))
+    from tinynn_book.model import MAX_NESTING
     net = Net([Dense(2, 2)])
-    for _ in range(400): net = Net([net])   # deep nesting is walked without recursion
+    for _ in range(MAX_NESTING - 1): net = Net([net])   # the deepest nesting allowed is walked without recursion
     Net([ReLU(), ReLU(), Dense(2, 2)])        # equal but distinct objects are fine
 
 
@@ -841,3 +842,73 @@ def test_predict_and_evaluate_run_in_evaluation_mode_and_restore_the_mode(data):
     model.net.train(); spy.seen.clear()
     model.fit(x, y, epochs=1, batch_size=100, validation_data=(x, y), progress=False, verbose=False)
     assert spy.seen == [True] * 3 + [False] and spy.training is True
+
+
+# ---- Issue 20.15: nets nested hundreds deep trained, then repr and save raised RecursionError -------------------------
+def _nested(depth):
+    "`depth` nets, each inside the next, around a Dense and a ReLU"
+    net = Net([Dense(2, 3, rng=0), ReLU()])
+    for _ in range(depth - 1): net = Net([net])
+    return net
+
+
+def test_a_net_nested_to_the_limit_prints_trains_saves_and_loads(tmp_path):
+    "At MAX_NESTING everything that recurses through the nesting still works, at Python's default recursion limit"
+    from tinynn_book.model import MAX_NESTING
+    net = _nested(MAX_NESTING)
+    assert repr(net).count('Net(') == MAX_NESTING
+    model = Model(net, MSE(), SGD(0.1))
+    x, y = np.ones((4, 2), np.float32), np.zeros((4, 3), np.float32)
+    model.fit(x, y, epochs=2, batch_size=2, progress=False, verbose=False)
+    assert len(model.summary(2).rows) == 2 and model.summary(2).total_params == 9
+    assert list(net.params) == ['.'.join(['0'] * MAX_NESTING) + '.w', '.'.join(['0'] * MAX_NESTING) + '.b']
+    loaded = Model.load(model.save(tmp_path / 'deep.npz'))
+    assert repr(loaded.net) == repr(net)
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+    net.needs_input_grad = True   # Model switched it off
+    net.astype(np.float64).eval(); assert net.backward(net.forward(x)).shape == (4, 2)
+
+
+def test_a_net_nested_deeper_than_the_limit_is_refused_at_construction():
+    from tinynn_book.model import MAX_NESTING
+    net = _nested(MAX_NESTING)
+    with pytest.raises(ValueError, match=rf'^Net: layers nested {MAX_NESTING + 1} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING}'):
+        Net([net])
+    with pytest.raises(ValueError, match=rf'nested {MAX_NESTING + 1} deep'):
+        Net([Dense(2, 2), ReLU(), Net([Dense(2, 2)]), net])   # the deepest branch counts, wherever it is
+    with pytest.raises(ValueError, match=rf'nested {MAX_NESTING + 1} deep'):
+        Model(Net([net]), MSE(), SGD(0.1))
+
+
+def _deep_description(depth):
+    "The JSON text of a net description with `depth` Nets, each inside the next, around one Dense(2, 3)"
+    leaf = json.dumps(describe(Dense(2, 3)))
+    return '{"class": "Net", "module": "tinynn_book.model", "config": {"layers": [' * depth + leaf + ']}}' * depth
+
+
+def _load_deep(checkpoint, monkeypatch, depth):
+    "Model.load of `checkpoint` rewritten to describe `depth` nested nets: the ValueError, and whether anything was built"
+    import tinynn_book.model as model_module
+    def meta(a):
+        m = json.loads(a['__model__'].tobytes())
+        text = json.dumps(m).replace(json.dumps(m['net']), _deep_description(depth))
+        a.update({'__model__': np.frombuffer(text.encode(), np.uint8)})
+    rewrite(checkpoint, meta)
+    built = []
+    monkeypatch.setattr(model_module, 'rebuild', lambda *args: built.append(args))
+    with pytest.raises(ValueError, match='model.npz') as e:
+        Model.load(checkpoint)
+    return str(e.value), built
+
+
+def test_a_checkpoint_describing_a_net_nested_too_deep_is_refused_before_building(checkpoint, monkeypatch):
+    from tinynn_book.model import MAX_NESTING
+    message, built = _load_deep(checkpoint, monkeypatch, MAX_NESTING + 1)
+    assert f'describes layers nested {MAX_NESTING + 1} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING}' in message
+    assert 'refused before building anything' in message and not built
+
+
+def test_a_description_too_deep_for_json_loads_is_a_value_error(checkpoint, monkeypatch):
+    "json.loads itself raises RecursionError at this depth: the loader says what is wrong instead"
+    message, built = _load_deep(checkpoint, monkeypatch, 5000)
+    assert "its '__model__' entry nests too deep to read; a Net nests at most MAX_NESTING" in message and not built

@@ -16,9 +16,9 @@ from .losses import Loss
 from .optim import Optimizer
 
 # %% auto #0
-__all__ = ['STOP_SIGNALS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'META_KEY', 'READABLE_VERSIONS', 'STATE_PREFIX',
-           'MAX_META_BYTES', 'make_spirals', 'Net', 'accuracy', 'binary_accuracy', 'Model', 'Interrupted',
-           'stop_signals_interrupt', 'History', 'Callback', 'Summary', 'describe', 'rebuild']
+__all__ = ['MAX_NESTING', 'STOP_SIGNALS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'META_KEY', 'READABLE_VERSIONS',
+           'STATE_PREFIX', 'MAX_META_BYTES', 'make_spirals', 'Net', 'accuracy', 'binary_accuracy', 'Model',
+           'Interrupted', 'stop_signals_interrupt', 'History', 'Callback', 'Summary', 'describe', 'rebuild']
 
 # %% ../nbs/05_model.ipynb #58c2121b
 def make_spirals(n_per_class=100, num_classes=3, noise=0.2, rng=None): # rng: None (global), seed or Generator
@@ -31,6 +31,8 @@ def make_spirals(n_per_class=100, num_classes=3, noise=0.2, rng=None): # rng: No
     return x.astype(np.float32), y.astype(np.int64)
 
 # %% ../nbs/05_model.ipynb #1256543f
+MAX_NESTING = 100  # how deep nets may nest: repr, save and load recurse a few Python frames per level
+
 def _sublayers(layer):
     "(name, layer) for the layers directly inside `layer`: its `layers` list, and Layers (or lists) kept as attributes"
     for key, value in vars(layer).items():
@@ -40,15 +42,18 @@ def _sublayers(layer):
                 if isinstance(v, Layer): yield (str(j) if key == 'layers' else f'{key}.{j}'), v
 
 def _check_distinct(net):
-    "A ValueError naming both positions if one layer object appears twice anywhere inside `net`, nested ones included"
-    seen, todo = {}, [(str(j), layer) for j, layer in enumerate(net.layers)][::-1]
-    while todo:  # a stack, not recursion: nets nested a thousand deep are walked as easily
-        where, layer = todo.pop()
+    "A ValueError naming both positions if one layer object appears twice anywhere inside `net`, or if it nests too deep"
+    seen, deepest, todo = {}, 0, [(str(j), layer, 1) for j, layer in enumerate(net.layers)][::-1]
+    while todo:  # a stack, not recursion: the walk itself never meets Python's recursion limit
+        where, layer, depth = todo.pop()
         if id(layer) in seen:
             raise ValueError(f"Net: one {type(layer).__name__} object is at positions {seen[id(layer)][0]} and {where}; "
                              f"a layer caches its input for backward, so give each position its own {type(layer).__name__}")
-        seen[id(layer)] = (where, layer)  # the layer is kept so its id cannot be reused during the walk
-        todo += [(f'{where}.{k}', v) for k, v in _sublayers(layer)][::-1]
+        seen[id(layer)], deepest = (where, layer), max(deepest, depth)  # the layer is kept so its id cannot be reused
+        todo += [(f'{where}.{k}', v, depth + 1) for k, v in _sublayers(layer)][::-1]
+    if deepest > MAX_NESTING:
+        raise ValueError(f"{type(net).__name__}: layers nested {deepest} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING} "
+                         "deep: printing, saving and loading follow the nesting by recursion, which Python limits")
 
 
 # %% ../nbs/05_model.ipynb #3b40c79d
@@ -716,17 +721,19 @@ class _CheckpointFile:
 
 # %% ../nbs/05_model.ipynb #657e177f
 def _read_meta(file, path):
-    "The checkpoint's JSON description, checked for the format name and a readable version"
+    "The checkpoint's JSON description, checked for the format name, a readable version and the net's nesting"
     if META_KEY not in file.headers: raise ValueError(f"{path} is not a tinynn-book checkpoint: it has no '{META_KEY}' entry")
     shape, dtype = file.headers[META_KEY]
     if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
         raise ValueError(f"{path}: its '{META_KEY}' entry must be UTF-8 JSON as at most {MAX_META_BYTES} uint8 values, got {dtype} {shape}")
     try: meta = json.loads(file.read(META_KEY).tobytes().decode('utf-8'))
-    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e: raise ValueError(f"{path}: its '{META_KEY}' entry is not valid JSON: {type(e).__name__}: {e}") from e
+    except RecursionError as e: raise ValueError(f"{path}: its '{META_KEY}' entry nests too deep to read; a Net nests at most MAX_NESTING = {MAX_NESTING} deep") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: its '{META_KEY}' entry is not valid JSON: {type(e).__name__}: {e}") from e
     if not isinstance(meta, dict) or meta.get('format') != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a tinynn-book checkpoint (format {meta.get('format') if isinstance(meta, dict) else meta!r:.50})")
     if not (type(meta.get('version')) is int and meta['version'] in READABLE_VERSIONS):
         raise ValueError(f"{path} is checkpoint version {meta.get('version')}; this library reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    _check_nesting(meta.get('net'), path)  # json.loads has read it; nothing is built from it yet
     return meta
 
 def _check_names(meta, headers, path):
@@ -752,3 +759,21 @@ def _check_arrays(expected, headers, path): # expected: {name: array}; headers: 
     problems += [f"'{k}' is {headers[k][1]} {headers[k][0]}, the architecture needs {p.dtype} {p.shape}"
                  for k, p in expected.items() if k in headers and (headers[k][0] != p.shape or headers[k][1] != p.dtype)]
     if problems: raise ValueError(f"{path} does not match the architecture it describes: " + '; '.join(problems))
+
+# %% ../nbs/05_model.ipynb #3636c79e
+def _description_depth(spec):
+    "How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), walked without recursion"
+    deepest, todo = 0, [(spec, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict):
+            if 'class' in node: deepest, depth = max(deepest, depth), depth + 1  # a layer's description: one level down
+            todo += [(v, depth) for v in node.values()]
+        elif isinstance(node, list): todo += [(v, depth) for v in node]
+    return deepest
+
+def _check_nesting(spec, path):
+    "A ValueError if the net that `spec` describes nests deeper than a Net may (MAX_NESTING)"
+    if (depth := _description_depth(spec)) > MAX_NESTING:
+        raise ValueError(f"{path} describes layers nested {depth} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING} deep "
+                         "(refused before building anything)")
