@@ -340,7 +340,7 @@ def test_run_all_reaches_the_end(nb):
 # with `#| code-fold: true` (never on an `#| exports` cell: nbdev adds code-fold there, and Quarto refuses a key twice).
 SOLUTION = re.compile(r'^:::+\s*\{\.callout-tip collapse="true" title="Solution (\d+)"\}', re.M)
 # Chapters whose solutions are not written yet (issue 22 is open for them); the list may only shrink.
-UNSOLVED = {'cli'}
+UNSOLVED = set()
 
 
 def exercise_count(nb):
