@@ -26,6 +26,22 @@ def _script():
             'from tinynn_book.cli_lm import main; sys.exit(main())')
     return [sys.executable, '-c', code]
 
+def _signal_after_two_evaluations(argv, sig):
+    "Run the command `argv` in a subprocess, send it `sig` once it has printed two evaluations: (proc, stdout, stderr)"
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    try:
+        evaluations, deadline = 0, time.monotonic() + 120
+        for line in proc.stdout:
+            evaluations += 'val_loss' in line
+            if evaluations == 2 or time.monotonic() > deadline: break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None: proc.kill()
+    return proc, out, err
+
+
 def test_entry_point_is_declared():
     text = (Path(__file__).parents[1] / 'settings.ini').read_text()
     assert 'tinynn-lm=tinynn_book.cli_lm:main' in text
@@ -121,18 +137,7 @@ def test_ctrl_c_saves_the_last_completed_step(tmp_path, monkeypatch):
 def test_a_real_signal_saves_and_exits_130(tmp_path, sig):
     "The command in a subprocess, sent SIGINT (what Ctrl-C sends) or SIGTERM once it has evaluated twice"
     ckpt = tmp_path / 'g.npz'
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(_script() + TINY + ['--iters', '100000', '--save', str(ckpt)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        evaluations, deadline = 0, time.monotonic() + 120
-        for line in proc.stdout:
-            evaluations += 'val_loss' in line
-            if evaluations == 2 or time.monotonic() > deadline: break
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None: proc.kill()
+    proc, out, err = _signal_after_two_evaluations(_script() + TINY + ['--iters', '100000', '--save', str(ckpt)], sig)
     assert proc.returncode == 130, err[-2000:]
     assert 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
     step = load_lm(ckpt)[2]['step']
@@ -217,18 +222,7 @@ def test_ctrl_c_saves_the_last_completed_step_of_every_model(tmp_path, monkeypat
 @pytest.mark.parametrize('name', ['mlp', 'lstm'])
 def test_sigterm_saves_a_recurrent_and_an_mlp_model(tmp_path, name):
     ckpt = tmp_path / 'm.npz'
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(_script() + TINY + ['--model', name, *SMALL[name], '--iters', '100000', '--save', str(ckpt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        evaluations, deadline = 0, time.monotonic() + 120
-        for line in proc.stdout:
-            evaluations += 'val_loss' in line
-            if evaluations == 2 or time.monotonic() > deadline: break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None: proc.kill()
+    proc, out, err = _signal_after_two_evaluations(_script() + TINY + ['--model', name, *SMALL[name], '--iters', '100000', '--save', str(ckpt)], signal.SIGTERM)
     assert proc.returncode == 130 and 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
     model, vocab, lm = load_lm(ckpt)
     assert lm['step'] >= 10 and lm['options']['model'] == name
@@ -313,18 +307,7 @@ def test_workers_refused_where_they_cannot_share(monkeypatch):
 
 def test_a_real_sigterm_with_threads_saves_and_exits_130(tmp_path):
     ckpt = tmp_path / 'g.npz'
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(_script() + TINY + ['--workers', '2', '--iters', '100000', '--save', str(ckpt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        evaluations, deadline = 0, time.monotonic() + 120
-        for line in proc.stdout:
-            evaluations += 'val_loss' in line
-            if evaluations == 2 or time.monotonic() > deadline: break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None: proc.kill()
+    proc, out, err = _signal_after_two_evaluations(_script() + TINY + ['--workers', '2', '--iters', '100000', '--save', str(ckpt)], signal.SIGTERM)
     assert proc.returncode == 130 and 'interrupted after' in err and 'Traceback' not in err, err[-2000:]
     assert load_lm(ckpt)[2]['step'] >= 10
 
@@ -389,18 +372,7 @@ def test_mpiexec_passes_a_signal_on_and_every_rank_stops_after_one_step(tmp_path
     "mpiexec hands the signal to both ranks; they stop after the same step (no rank left waiting), rank 0 saves"
     from tinynn_book.parallel import mpiexec_path
     ckpt = tmp_path / 'g.npz'
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen([mpiexec_path(), '-n', '2', *_script(), *TINY, '--iters', '100000', '--save', str(ckpt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        evaluations, deadline = 0, time.monotonic() + 120
-        for line in proc.stdout:
-            evaluations += 'val_loss' in line
-            if evaluations == 2 or time.monotonic() > deadline: break
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None: proc.kill()
+    proc, out, err = _signal_after_two_evaluations([mpiexec_path(), '-n', '2', *_script(), *TINY, '--iters', '100000', '--save', str(ckpt)], sig)
     assert proc.returncode == 130 and err.count('interrupted after') == 1, err[-2000:]
     assert 'Traceback' not in err, err[-2000:]
     step = load_lm(ckpt)[2]['step']
