@@ -1,5 +1,5 @@
 "The tinynn-mnist command (tinynn_book.cli) from the outside: as the installed script, offline, on the bundled sample."
-import os, shutil, subprocess, sys
+import os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -373,3 +373,35 @@ def test_mpiexec_two_ranks_print_once_save_once_and_train_what_one_does(tmp_path
     one = _command(*_same_run_args(tmp_path/'one.npz'), env=_offline_env(tmp_path))
     w1, w2 = _weights(tmp_path/'one.npz'), _weights(tmp_path/'ranks.npz')
     for k in w1: np.testing.assert_allclose(w2[k], w1[k], rtol=0, atol=1e-4, err_msg=k)
+
+def _rank_pid(marker, rank):
+    "The pid of the process of `rank` whose command line contains `marker` (read from /proc), or None"
+    for d in Path('/proc').iterdir():
+        try:
+            if marker in (d / 'cmdline').read_bytes().decode(errors='replace') and \
+               f'PMI_RANK={rank}'.encode() in (d / 'environ').read_bytes().split(b'\0'): return int(d.name)
+        except (OSError, ValueError): continue
+    return None
+
+@pytest.mark.skipif(not _mpi_ready() or not Path('/proc/self/environ').exists(), reason="needs mpi4py, mpiexec and /proc")
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    "Ctrl-C reaching rank 0 alone (a kill, or a signal between epochs) must not leave rank 1 waiting in an all-reduce"
+    from tinynn_book.parallel import mpiexec_path
+    ckpt = tmp_path / 'stop.npz'
+    code = ('import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+            'from tinynn_book.cli import main; sys.exit(main())')
+    proc = subprocess.Popen([mpiexec_path(), '-n', '2', sys.executable, '-c', code, '--sample', '--epochs', '1000',
+                             '--shift', '0', '--no-progress', '--save', str(ckpt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(_offline_env(tmp_path), PYTHONUNBUFFERED='1'))
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if line.startswith('epoch') and ' 2/' in line or time.monotonic() > deadline: break
+        pid = _rank_pid(str(ckpt), 0)
+        assert pid is not None, 'rank 0 not found'
+        os.kill(pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None: proc.kill()
+    assert proc.returncode == 130 and err.count('interrupted') == 1, err[-2000:]
+    assert 'Traceback' not in err and ckpt.exists(), err[-2000:]

@@ -4,14 +4,14 @@
 
 # %% ../nbs/13_data_parallel.ipynb #d92e791f
 from __future__ import annotations
-import copy, ctypes, os, re, shutil, subprocess, sys, threading, traceback
+import copy, ctypes, os, re, shutil, signal, subprocess, sys, threading, traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .tensor import check_input
-from .model import Model, Net, _interrupts_deferred, _params_note
+from .model import Model, Net, Interrupted, STOP_SIGNALS, _interrupts_deferred, _params_note
 from .cnn import FastBatchNorm2d, channel_sum
 
 # %% auto #0
@@ -320,7 +320,7 @@ class MPIParallel(DataParallel):
         self.broadcast_parameters()            # every rank starts from rank 0's weights
         reseed(model.net, seed, self.rank)
         self.num_state = sum(v.size for v in model.net.state.values())
-        self.buffer = GradBuffer(model.net, 1 + self.num_state)   # [loss, state, grads]
+        self.buffer = GradBuffer(model.net, 2 + self.num_state)   # [loss, state, stop signals, grads]
         self.buckets = _buckets(model.net, bucket_size)
         allreduce = lambda a: (self.comm.Allreduce(self.MPI.IN_PLACE, a), a)[1]
         self.sync_bn = _connect_sync_bn([model.net], lambda rank: allreduce)
@@ -391,12 +391,14 @@ def step(self:MPIParallel, x, y):
         grad = m.loss.grad(logits, ys) * logits.dtype.type(weight)
     state = list(m.net.state.values())
     if ns: buf.flat[1:1 + ns] = np.concatenate([v.ravel() for v in state]) / self.size
+    buf.flat[1 + ns] = len(self.noted)   # stop signals this rank got: summed with the gradients
     self._backward_reduce(grad)
     loss = float(buf.flat[0])
     _check_loss(loss, m)
     i = 1
     for v in state: v[...] = buf.flat[i:i + v.size].reshape(v.shape); i += v.size
     with _interrupts_deferred(): m.optimizer.step(buf.pairs())
+    if buf.flat[1 + ns] > 0: self._stop()   # every rank, after the same complete step
     return loss, self._all_logits(logits, parts) if m.metric else logits
 
 # %% ../nbs/13_data_parallel.ipynb #c14821c7
@@ -428,6 +430,22 @@ def _abort(comm, e):
     traceback.print_exception(e); sys.stderr.flush()
     comm.Abort(1)   # the others may wait in an all-reduce this rank will never join
 
+MPIParallel.noted = ()   # stop signals received; a list inside `with dp:`
+
+def _note_stop_signals(noted): # the list to append to
+    "In the main thread, Ctrl-C, SIGTERM and SIGHUP only noted (each rank stops after the next step): old handlers"
+    if threading.current_thread() is not threading.main_thread(): return {}
+    # an ignored signal stays ignored (a background job ignores Ctrl-C, nohup SIGHUP)
+    signals = [s for s in (signal.SIGINT,) + STOP_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    return {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in signals}
+
+@patch
+def _stop(self:MPIParallel):
+    "Raise what this rank's first noted signal would have raised (Ctrl-C if only other ranks got one)"
+    first = self.noted[0] if self.noted else signal.SIGINT
+    self.noted.clear()
+    raise KeyboardInterrupt() if first == signal.SIGINT else Interrupted(first)
+
 @patch
 def fit(self:MPIParallel, *args, **kwargs):
     "`Model.fit` over the ranks: rank 0 prints; an exception on any rank ends the job"
@@ -436,10 +454,13 @@ def fit(self:MPIParallel, *args, **kwargs):
 @patch
 def __enter__(self:MPIParallel):
     self._blas = blas_threads(max(1, _cores() // _local_ranks()))   # cores shared out
+    self.noted = []
+    self._handlers = _note_stop_signals(self.noted)
     return DataParallel.__enter__(self)
 @patch
 def __exit__(self:MPIParallel, kind, e, tb):
     if self._blas: blas_threads(self._blas)
+    for s, handler in self._handlers.items(): signal.signal(s, handler)
     DataParallel.__exit__(self, kind, e, tb)
     if e is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
         _abort(self.comm, e)   # no rank is left waiting (Ctrl-C reaches all)
