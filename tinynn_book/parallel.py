@@ -430,6 +430,7 @@ def _abort(comm, e):
     traceback.print_exception(e); sys.stderr.flush()
     comm.Abort(1)   # the others may wait in an all-reduce this rank will never join
 
+# %% ../nbs/13_data_parallel.ipynb #f6a4b8c2
 MPIParallel.noted = ()   # stop signals received; a list inside `with dp:`
 
 def _note_stop_signals(noted): # the list to append to
