@@ -26,6 +26,22 @@ def _script():
             'from tinynn_book.cli_lm import main; sys.exit(main())')
     return [sys.executable, '-c', code]
 
+def _ctrl_c_keeps_the_completed_steps(tmp_path, monkeypatch, argv, done):
+    "Ctrl-C inside step done + 1 of 50: exit 130, and a checkpoint bit for bit that of a run of `done` steps"
+    calls, real = [], cli_lm.clip_grad_norm
+    def clip(grads, max_norm):
+        calls.append(1)
+        if len(calls) == done + 1: raise KeyboardInterrupt
+        return real(grads, max_norm)
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
+    code, out, err = _run(*argv, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
+    assert code == 130 and err == f'tinynn-lm: interrupted after {done} of 50 steps\n', err
+    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
+    assert _run(*argv, '--iters', str(done), '--save', str(tmp_path / 'done.npz'))[0] == 0
+    cut, short = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'done.npz')
+    assert cut[2]['step'] == done
+    for k, p in short[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+
 def _signal_after_two_evaluations(argv, sig):
     "Run the command `argv` in a subprocess, send it `sig` once it has printed two evaluations: (proc, stdout, stderr)"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -119,19 +135,7 @@ def test_unwritable_save_and_sample_errors(tmp_path, monkeypatch):
     assert code == 1 and 'not a tinynn-lm one' in err, err
 
 def test_ctrl_c_saves_the_last_completed_step(tmp_path, monkeypatch):
-    calls, real = [], cli_lm.clip_grad_norm
-    def clip(grads, max_norm):
-        calls.append(1)
-        if len(calls) == 5: raise KeyboardInterrupt
-        return real(grads, max_norm)
-    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
-    code, out, err = _run(*TINY, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
-    assert code == 130 and err == 'tinynn-lm: interrupted after 4 of 50 steps\n', err
-    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
-    assert _run(*TINY, '--iters', '4', '--save', str(tmp_path / 'four.npz'))[0] == 0
-    cut, four = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'four.npz')
-    assert cut[2]['step'] == 4
-    for k, p in four[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+    _ctrl_c_keeps_the_completed_steps(tmp_path, monkeypatch, TINY, 4)
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_a_real_signal_saves_and_exits_130(tmp_path, sig):
@@ -204,20 +208,7 @@ def test_causal_window_matches_pytorch():
 
 @pytest.mark.parametrize('name', ['bigram', 'mlp', 'rnn', 'lstm', 'gru'])
 def test_ctrl_c_saves_the_last_completed_step_of_every_model(tmp_path, monkeypatch, name):
-    calls, real = [], cli_lm.clip_grad_norm
-    def clip(grads, max_norm):
-        calls.append(1)
-        if len(calls) == 4: raise KeyboardInterrupt
-        return real(grads, max_norm)
-    argv = [*TINY, '--model', name, *SMALL[name]]
-    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
-    code, out, err = _run(*argv, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
-    assert code == 130 and err == 'tinynn-lm: interrupted after 3 of 50 steps\n', err
-    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
-    assert _run(*argv, '--iters', '3', '--save', str(tmp_path / 'three.npz'))[0] == 0
-    cut, three = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'three.npz')
-    assert cut[2]['step'] == 3
-    for k, p in three[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+    _ctrl_c_keeps_the_completed_steps(tmp_path, monkeypatch, [*TINY, '--model', name, *SMALL[name]], 3)
 
 @pytest.mark.parametrize('name', ['mlp', 'lstm'])
 def test_sigterm_saves_a_recurrent_and_an_mlp_model(tmp_path, name):
@@ -262,20 +253,7 @@ def test_clipping_sees_the_gradient_summed_over_the_workers(monkeypatch):
     np.testing.assert_allclose(seen[2], seen[1], rtol=1e-5)
 
 def test_ctrl_c_with_threads_saves_the_last_completed_step(tmp_path, monkeypatch):
-    calls, real = [], cli_lm.clip_grad_norm
-    def clip(grads, max_norm):
-        calls.append(1)
-        if len(calls) == 4: raise KeyboardInterrupt
-        return real(grads, max_norm)
-    argv = [*TINY, '--model', 'gru', *SMALL['gru'], '--workers', '2']
-    monkeypatch.setattr(cli_lm, 'clip_grad_norm', clip)
-    code, out, err = _run(*argv, '--iters', '50', '--save', str(tmp_path / 'cut.npz'))
-    assert code == 130 and err == 'tinynn-lm: interrupted after 3 of 50 steps\n', err
-    monkeypatch.setattr(cli_lm, 'clip_grad_norm', real)
-    assert _run(*argv, '--iters', '3', '--save', str(tmp_path / 'three.npz'))[0] == 0
-    cut, three = load_lm(tmp_path / 'cut.npz'), load_lm(tmp_path / 'three.npz')
-    assert cut[2]['step'] == 3
-    for k, p in three[0].net.params.items(): assert cut[0].net.params[k].tobytes() == p.tobytes(), k
+    _ctrl_c_keeps_the_completed_steps(tmp_path, monkeypatch, [*TINY, '--model', 'gru', *SMALL['gru'], '--workers', '2'], 3)
 
 def test_a_run_resumed_with_more_workers_goes_on_as_one_process_would(tmp_path):
     "--workers is not an option the checkpoint fixes: a run saved by one process resumes on two threads"
