@@ -355,6 +355,8 @@ def test_workers_refused_where_they_cannot_share(tmp_path):
     assert r.returncode == 2 and 'mpiexec on 2 ranks' in r.stderr, r.stderr
     r = _command('--sample', '--workers', '0', env=_offline_env(tmp_path))
     assert r.returncode == 2 and '--workers' in r.stderr
+    r = _command('--sample', '--device', 'gpu', env=env)   # before CuPy is looked for: the same error anywhere
+    assert r.returncode == 2 and 'argument --device: started by mpiexec on 2 ranks' in r.stderr, r.stderr
 
 def _mpi_ready():
     from tinynn_book.parallel import import_mpi, mpiexec_path

@@ -270,3 +270,43 @@ def test_an_exception_inside_with_aborts_the_job(tmp_path):
     try: r = mpi_run([sys.executable, script], n=2, timeout=TIMEOUT)
     except subprocess.TimeoutExpired: pytest.fail("the job hung")
     assert r.returncode != 0 and 'rank 1 of 2 failed' in r.stderr and 'cannot write the plot' in r.stderr
+
+
+@needs_mpi
+def test_a_signal_after_the_last_step_stops_every_rank_when_with_ends(tmp_path):
+    "SIGTERM to rank 1 after the last step (here: in the evaluation that follows) is not dropped, nor only rank 1's"
+    script = tmp_path / 'late.py'
+    script.write_text(textwrap.dedent('''
+        import os, signal, numpy as np
+        from tinynn_book.parallel import data_parallel
+        from tinynn_book.model import Model
+        from tinynn_book.losses import SoftmaxCrossEntropy
+        from tinynn_book.optim import Adam
+        from tinynn_book.mnist import mlp
+        rng = np.random.default_rng(0)
+        x, y = rng.random((64, 1, 28, 28)), rng.integers(0, 10, 64)
+        model = Model(mlp(rng=0, dtype=np.float64), SoftmaxCrossEntropy(), Adam())
+        dp = data_parallel(model)
+        try:
+            with dp:
+                model.fit(x, y, 1, batch_size=16, progress=False, verbose=False)
+                if dp.rank == 1: os.kill(os.getpid(), signal.SIGTERM)   # noted, not raised, inside `with dp:`
+                model.evaluate(x, y)
+            print(f"rank {dp.rank}: not stopped", flush=True)
+        except KeyboardInterrupt as e:
+            print(f"rank {dp.rank}: stopped by {type(e).__name__}", flush=True)
+    '''))
+    try: r = mpi_run([sys.executable, script], n=2, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired: pytest.fail("the job hung")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'rank 1: stopped by Interrupted' in r.stdout and 'rank 0: stopped by KeyboardInterrupt' in r.stdout, r.stdout
+
+
+def test_workers_refuse_a_model_on_another_device():
+    "Workers exchange numpy buffers: a model on the (stand-in) gpu is refused by name, one worker is not"
+    from tinynn_book.backend import standin_device
+    standin_device()
+    m = model(mlp).to('standin')
+    with pytest.raises(ValueError, match=r"ThreadParallel: the model is on the standin.*model\.to\('cpu'\)"):
+        ThreadParallel(m, 2)
+    assert DataParallel(m).model is m

@@ -119,6 +119,8 @@ def _check_args(p, args):
         p.error(f"arguments --save and --plot: both name the file {args.save}; the curves would overwrite the checkpoint")
     if args.batchnorm and args.batch_size < 2:
         p.error("argument --batch-size: --batchnorm needs at least 2 examples per batch to compute batch statistics")
+    if args.device != 'cpu' and (world := mpi_world()) and world[1] > 1:
+        p.error(f"argument --device: started by mpiexec on {world[1]} ranks, which share each step on the cpu only")
     if args.device == 'gpu':
         try: get_device('gpu')   # CuPy imported and the GPU found now, not after the data is loaded
         except RuntimeError as e: p.error(f"argument --device: {e}")
@@ -162,7 +164,8 @@ def main(argv=None, # arguments, without the program name; None for sys.argv[1:]
             print(f"tinynn-mnist: error: out of memory{f' ({e})' if str(e) else ''}; try a smaller --batch-size", file=sys.stderr)
             return 1
         except KeyboardInterrupt as e:  # before training, or while writing; training's own handler saves the last epoch
-            print(f"tinynn-mnist: {_why(e)}", file=sys.stderr); return getattr(e, 'exit_code', 130)
+            if (mpi_world() or (0, 1))[0] == 0: print(f"tinynn-mnist: {_why(e)}", file=sys.stderr)   # rank 0 says it
+            return getattr(e, 'exit_code', 130)
 
 def _why(interrupt):
     "'interrupted' for Ctrl-C, 'stopped by SIGTERM' (or SIGHUP) for the other stop signals"

@@ -359,8 +359,9 @@ def main(argv=None, # arguments, without the program name; None for sys.argv[1:]
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try: return _train_and_report(args)
-    except KeyboardInterrupt:
-        print("tinynn-lm: interrupted", file=sys.stderr); return 130
+    except KeyboardInterrupt:   # outside training's own handler; under mpiexec, rank 0 says it
+        if (mpi_world() or (0, 1))[0] == 0: print("tinynn-lm: interrupted", file=sys.stderr)
+        return 130
     except MemoryError:
         print("tinynn-lm: error: out of memory; try a smaller --batch-size or --context",
               file=sys.stderr)

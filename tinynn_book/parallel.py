@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .tensor import check_input
-from .model import Model, Net, Interrupted, STOP_SIGNALS, _interrupts_deferred, _params_note
+from .model import (Model, Net, Interrupted, STOP_SIGNALS,
+                               _interrupts_deferred, _params_note)
 from .cnn import FastBatchNorm2d, channel_sum
 
 # %% auto #0
@@ -102,7 +103,13 @@ def blas_threads(n:int=None): # the new thread count; None only reads it
 class DataParallel:
     "One worker: the model's own step. Subclasses share each step among workers"
     rank, size = 0, 1
-    def __init__(self, model:Model): self.model = model
+    def __init__(self, model:Model):
+        # workers share gradients in numpy buffers: only one worker runs anywhere
+        if type(self) is not DataParallel and model.device != 'cpu':
+            raise ValueError(f"{type(self).__name__}: the model is on the "
+                             f"{model.device}, and workers share each step on the cpu "
+                             "only: model.to('cpu')")
+        self.model = model
     def step(self, x, y): return Model._step(self.model, x, y)   # (loss, logits)
     def __enter__(self):
         self.model._step = self.step   # Model.train_step and Model.fit call it
@@ -320,7 +327,7 @@ class MPIParallel(DataParallel):
         self.broadcast_parameters()            # every rank starts from rank 0's weights
         reseed(model.net, seed, self.rank)
         self.num_state = sum(v.size for v in model.net.state.values())
-        self.buffer = GradBuffer(model.net, 2 + self.num_state)   # [loss, state, stop signals, grads]
+        self.buffer = GradBuffer(model.net, 2 + self.num_state)   # loss, state, stop, grads
         self.buckets = _buckets(model.net, bucket_size)
         allreduce = lambda a: (self.comm.Allreduce(self.MPI.IN_PLACE, a), a)[1]
         self.sync_bn = _connect_sync_bn([model.net], lambda rank: allreduce)
@@ -391,7 +398,7 @@ def step(self:MPIParallel, x, y):
         grad = m.loss.grad(logits, ys) * logits.dtype.type(weight)
     state = list(m.net.state.values())
     if ns: buf.flat[1:1 + ns] = np.concatenate([v.ravel() for v in state]) / self.size
-    buf.flat[1 + ns] = len(self.noted)   # stop signals this rank got: summed with the gradients
+    buf.flat[1 + ns] = len(self.noted)   # this rank's stop signals: summed with the grads
     self._backward_reduce(grad)
     loss = float(buf.flat[0])
     _check_loss(loss, m)
@@ -434,15 +441,17 @@ def _abort(comm, e):
 MPIParallel.noted = ()   # stop signals received; a list inside `with dp:`
 
 def _note_stop_signals(noted): # the list to append to
-    "In the main thread, Ctrl-C, SIGTERM and SIGHUP only noted (each rank stops after the next step): old handlers"
+    "In the main thread, Ctrl-C, SIGTERM and SIGHUP only noted (stop after the next step)"
     if threading.current_thread() is not threading.main_thread(): return {}
     # an ignored signal stays ignored (a background job ignores Ctrl-C, nohup SIGHUP)
-    signals = [s for s in (signal.SIGINT,) + STOP_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)]
-    return {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in signals}
+    signals = [s for s in (signal.SIGINT,) + STOP_SIGNALS
+               if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    note = lambda signum, frame: noted.append(signum)
+    return {s: signal.signal(s, note) for s in signals}   # the old handlers
 
 @patch
 def _stop(self:MPIParallel):
-    "Raise what this rank's first noted signal would have raised (Ctrl-C if only other ranks got one)"
+    "Raise what this rank's first noted signal would have (Ctrl-C if only others got one)"
     first = self.noted[0] if self.noted else signal.SIGINT
     self.noted.clear()
     raise KeyboardInterrupt() if first == signal.SIGINT else Interrupted(first)
@@ -463,6 +472,8 @@ def __exit__(self:MPIParallel, kind, e, tb):
     if self._blas: blas_threads(self._blas)
     for s, handler in self._handlers.items(): signal.signal(s, handler)
     DataParallel.__exit__(self, kind, e, tb)
+    if e is None and self.comm.allreduce(len(self.noted)):
+        self._stop()   # a signal after the last step: every rank stops here, together
     if e is not None and not isinstance(e, (KeyboardInterrupt, SystemExit)):
         _abort(self.comm, e)   # no rank is left waiting (Ctrl-C reaches all)
 
