@@ -4,9 +4,12 @@ Writes bench/results/parallel.json, which chapter 13 reads and shows (one number
 
     python bench/bench_parallel.py [--models mlp,lenet,resnet] [--steps 30] [--repeats 7]
 
-Every model is the bare architecture of bench/bench_train.py (no random shifts, no weight decay): softmax
+Every MNIST model is the bare architecture of bench/bench_train.py (no random shifts, no weight decay): softmax
 cross-entropy, Adam(lr=1e-3), batch 128, float32, PyTorch with torch.set_num_threads(2). The ResNet's data-parallel
 twins use synchronised BatchNorm (tinynn_book.parallel.SyncBatchNorm2d), so they train what one worker trains.
+`--models gpt` times chapter 12's GPT instead, in bench/bench_gpt.py's nanoGPT CPU recipe (batch 12 × 64
+characters, AdamW, the gradient summed over the workers clipped at 1.0, as tinynn-lm does), against the same
+PyTorch twin; write it to its own file: `--models gpt --out bench/results/parallel_gpt.json`.
 
 1. One process (`--child local`): our single-worker step (OpenBLAS with 2 threads), the same step shared by two
    threads (ThreadParallel, one BLAS thread each) and PyTorch's step, interleaved: every repeat times `--steps`
@@ -31,22 +34,46 @@ sys.path.insert(0, str(HERE))
 import numpy as np
 from bench_train import BATCH, LR, batches, seconds_per_step, theirs
 
-STEPS = {'mlp': 1.0, 'lenet': 1.0, 'resnet': 0.2}   # fraction of --steps per model: the ResNet's step is 10x longer
+STEPS = {'mlp': 1.0, 'lenet': 1.0, 'resnet': 0.2, 'gpt': 0.2}   # fraction of --steps: the long steps get fewer
+
+def batch_of(name): return 12 if name == 'gpt' else BATCH   # bench_gpt.B for the GPT
+
+def gpt_model():
+    "Chapter 12's GPT in nanoGPT's CPU recipe; its update clips the gradient summed over the workers, as tinynn-lm"
+    from bench_gpt import ours as gpt   # imported late: it sets BLAS variables that only a fresh process reads
+    from tinynn_book.rnn import clip_grad_norm
+    model, _ = gpt()
+    update = model.optimizer.step
+    def clipped(pairs):
+        pairs = list(pairs)
+        clip_grad_norm([g for _, g in pairs], 1.0); update(pairs)
+    model.optimizer.step = clipped
+    return model
+
+def their_step(name):
+    "PyTorch's training step for `name`, started from our initial weights for the GPT"
+    if name != 'gpt': return theirs(name)
+    from bench_gpt import twin
+    return twin(gpt_model().net)
 
 def ours(name, **options):
+    if name == 'gpt': return gpt_model()
     import tinynn_book.cnn  # registers 'resnet' with make_model
     from tinynn_book.mnist import make_model
     from tinynn_book.parallel import SyncBatchNorm2d
     if name == 'resnet': options.setdefault('norm', SyncBatchNorm2d)   # a plain FastBatchNorm2d for one worker
     return make_model(name, LR, seed=0, weight_decay=0, max_shift=0, **options)
 
-def data(steps):
+def data(steps, name='mlp'):
     rng = np.random.default_rng(0)
+    if name == 'gpt':   # random windows of random ids: the time does not depend on the text
+        return [tuple(rng.integers(0, 65, (12, 64)) for _ in range(2)) for _ in range(steps + 3)]
     x, y = rng.random((6000, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 6000)
     return batches(x, y, steps + 3)
 
-def torch_batches(b):
+def torch_batches(b, name='mlp'):
     import torch
+    if name == 'gpt': return b   # the twin's step takes numpy ids
     return [(torch.from_numpy(a), torch.from_numpy(np.asarray(c, np.int64))) for a, c in b]
 
 def child_local(args):
@@ -57,7 +84,7 @@ def child_local(args):
     out = {}
     for m in args.models.split(','):
         steps = max(3, int(args.steps * STEPS[m]))
-        b = data(steps)
+        b = data(steps, m)
         one = ours(m, norm=None) if m == 'resnet' else ours(m)
         team = ThreadParallel(ours(m), 2)
         def threaded(xb, yb):
@@ -65,7 +92,7 @@ def child_local(args):
         def timed_threads(bl):
             with team: return seconds_per_step(threaded, bl)
         runners = {'one': lambda bl: seconds_per_step(one.train_step, bl), 'threads': timed_threads,
-                   'torch': lambda bl, s=theirs(m), tb=torch_batches(b): seconds_per_step(s, tb)}
+                   'torch': lambda bl, s=their_step(m), tb=torch_batches(b, m): seconds_per_step(s, tb)}
         times = {k: [] for k in runners}
         for r in range(args.repeats):
             for k in (list(runners) if r % 2 == 0 else list(runners)[::-1]): times[k].append(runners[k](b))
@@ -88,11 +115,11 @@ def child_mpi(args):
     out, grad_floats = {}, {}
     for m in args.models.split(','):
         steps = max(3, int(args.steps * STEPS[m]))
-        b = data(steps)
+        b = data(steps, m)
         flat, overlap = MPIParallel(ours(m), overlap=False), MPIParallel(ours(m), overlap=True)
         grad_floats[m] = int(flat.buffer.flat.size - 1 - flat.num_state)
         alone = ours(m, norm=None) if m == 'resnet' else ours(m)
-        half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+        half = slice(rank * batch_of(m) // 2, (rank + 1) * batch_of(m) // 2)
         def compute(xb, yb):   # this rank's share of the work, with no communication at all
             shard_backward(alone.net, alone.loss, xb[half], yb[half], 0.5)
             alone.optimizer.step(alone.net.parameters())
@@ -101,7 +128,7 @@ def child_mpi(args):
             t = seconds_per_step(step, bl)
             comm.Barrier()
             return comm.allreduce(t, op=MPI.MAX)
-        def timed_torch(bl, s=theirs(m), tb=torch_batches(b)):
+        def timed_torch(bl, s=their_step(m), tb=torch_batches(b, m)):
             t = seconds_per_step(s, tb) if rank == 0 else 0.0
             idle_wait(comm)
             return comm.bcast(t, root=0)
@@ -147,12 +174,14 @@ def main():
     args = p.parse_args()
     if args.child == 'local': return child_local(args)
     if args.child == 'mpi': return child_mpi(args)
+    if 'gpt' in args.models.split(',') and args.models != 'gpt':
+        p.error("time the GPT alone (its batch differs): --models gpt --out bench/results/parallel_gpt.json")
     import torch, mpi4py, shutil
     mpiexec = shutil.which('mpiexec', path=str(Path(sys.executable).parent)) or shutil.which('mpiexec')
     common = ['--models', args.models, '--steps', str(args.steps), '--repeats', str(args.repeats)]
     meta = dict(date=str(datetime.date.today()), uptime_before=uptime(), cpus=os.cpu_count(),
                 machine=platform.processor() or platform.machine(), python=platform.python_version(),
-                numpy=np.__version__, torch=torch.__version__, mpi4py=mpi4py.__version__, batch=BATCH,
+                numpy=np.__version__, torch=torch.__version__, mpi4py=mpi4py.__version__, batch=batch_of(args.models.split(',')[0]),
                 steps=args.steps, repeats=args.repeats, steps_per_model=STEPS)
     print(f"uptime: {meta['uptime_before']}", flush=True)
     local = run([sys.executable, __file__, '--child', 'local'] + common, timeout=3000)
