@@ -5,22 +5,26 @@
 # %% ../nbs/01_dense.ipynb #f30cd875
 from __future__ import annotations
 import numpy as np
-from .tensor import DEFAULT_DTYPE, as_float, check_input, get_rng, grad_check, he_uniform, to_device, zeros
+from .tensor import (DEFAULT_DTYPE, as_float, check_input, get_rng, grad_check,
+                                he_uniform, to_device, zeros)
 
 # %% auto #0
 __all__ = ['Layer', 'check_arg', 'Dense', 'check_layer_grads', 'ReLU', 'LeakyReLU', 'Sigmoid', 'Tanh', 'Softplus']
 
 # %% ../nbs/01_dense.ipynb #acdd20d6
 class Layer:
-    "A differentiable step: `forward` caches what `backward` needs; `backward` fills `grads` and returns the input's gradient"
-    training = True            # Net switches this off for evaluation (Dropout and BatchNorm read it)
-    needs_input_grad = True    # the first layer of a Model can skip the gradient of the data
+    "`forward` caches for `backward`, which fills `grads` and returns the input gradient"
+    # Net switches this off for evaluation (Dropout and BatchNorm read it)
+    training = True
+    # the first layer of a Model can skip the gradient of the data
+    needs_input_grad = True
 
     def __init__(self): self.params, self.grads = {}, {}
     def forward(self, x): raise NotImplementedError
     def backward(self, grad): raise NotImplementedError
     def __call__(self, x): return self.forward(x)
-    def config(self): return {}  # constructor arguments, so a checkpoint can rebuild the layer
+    # constructor arguments, so a checkpoint can rebuild the layer
+    def config(self): return {}
 
     def astype(self, dtype):
         "Cast every parameter (and its gradient) to `dtype`, in place; returns self"
@@ -30,32 +34,40 @@ class Layer:
         return self
 
     def to(self, device): # 'cpu' or 'gpu' (chapter 0's devices)
-        "Move every parameter, its gradient and any state array (`state_names`, chapter 7) to `device`, in place; returns self"
-        for k in self.params: self.params[k], self.grads[k] = to_device(self.params[k], device), to_device(self.grads[k], device)
-        for name in getattr(self, 'state_names', ()): setattr(self, name, to_device(getattr(self, name), device))
+        "Move params, grads and `state_names` arrays to `device` in place; returns self"
+        for k in self.params:
+            self.params[k], self.grads[k] = (to_device(self.params[k], device),
+                                             to_device(self.grads[k], device))
+        for name in getattr(self, 'state_names', ()):
+            setattr(self, name, to_device(getattr(self, name), device))
         return self
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+        return (f"{type(self).__name__}("
+                f"{', '.join(f'{k}={v!r}' for k, v in self.config().items())})")
 
 # %% ../nbs/01_dense.ipynb #c7a1e0b2
 def check_arg(value,        # a constructor argument
               name:str,     # its name, for the message
               who:str,      # the layer or loss, for the message
-              kind='size'): # 'size': an int >= 1; 'number': a finite real; 'positive': a finite real > 0; 'dtype': a float dtype
-    "`value` as a Python int or float (or a numpy dtype) if it is the `kind` asked for, else a `ValueError` naming `who`"
+              kind='size'): # size: int >= 1; number: finite; positive: > 0; dtype: float
+    "`value` as an int, float or numpy dtype of `kind`, else a ValueError naming `who`"
     if kind == 'dtype':
         try: dtype = np.dtype(value)
         except (TypeError, ValueError): dtype = None
-        if dtype is None or dtype.kind != 'f': raise ValueError(f"{who} expected dtype to be a floating-point dtype, got {value!r}")
+        if dtype is None or dtype.kind != 'f':
+            raise ValueError(f"{who} expected dtype to be a floating-point dtype, "
+                             f"got {value!r}")
         return dtype
-    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))  # True is not a size
+    integer = (isinstance(value, (int, np.integer))
+               and not isinstance(value, (bool, np.bool_)))  # True is not a size
     real = integer or isinstance(value, (float, np.floating))
     try: finite = real and bool(np.isfinite(float(value)))
     except OverflowError: finite = False   # an int too large for any float
     ok, expected = {'size': (integer and value >= 1, 'a positive integer'),
                     'number': (real and finite, 'a finite number'),
-                    'positive': (real and finite and value > 0, 'a finite number > 0')}[kind]
+                    'positive': (real and finite and value > 0,
+                                 'a finite number > 0')}[kind]
     if not ok: raise ValueError(f"{who} expected {name} to be {expected}, got {value!r}")
     return int(value) if kind == 'size' else float(value)
 
@@ -65,20 +77,23 @@ class Dense(Layer):
     def __init__(self,
                  num_in:int,          # input features
                  num_out:int,         # output features
-                 init=he_uniform,     # initialiser for w, called as init((num_in, num_out), rng=, dtype=)
-                 rng=None,            # None (global generator), an int seed or a Generator
+                 init=he_uniform,     # for w: init((num_in, num_out), rng=, dtype=)
+                 rng=None,            # None (global generator), a seed or a Generator
                  dtype=DEFAULT_DTYPE): # dtype of the parameters
         super().__init__()
         who = type(self).__name__
-        self.num_in, self.num_out = check_arg(num_in, 'num_in', who), check_arg(num_out, 'num_out', who)
+        self.num_in, self.num_out = (check_arg(num_in, 'num_in', who),
+                                     check_arg(num_out, 'num_out', who))
         dtype = check_arg(dtype, 'dtype', who, 'dtype')
-        self.params = {'w': init((self.num_in, self.num_out), rng=rng, dtype=dtype), 'b': zeros(self.num_out, dtype=dtype)}
+        self.params = {'w': init((self.num_in, self.num_out), rng=rng, dtype=dtype),
+                       'b': zeros(self.num_out, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def config(self): return dict(num_in=self.num_in, num_out=self.num_out)
     @classmethod
-    def param_shapes(cls, config): # what `config()` returns: chapter 5's loader checks a file against it before building
-        n_in, n_out = (check_arg(config[k], k, cls.__name__) for k in ('num_in', 'num_out'))
+    def param_shapes(cls, config): # a `config()` dict; chapter 5 checks a file against it
+        n_in, n_out = (check_arg(config[k], k, cls.__name__)
+                       for k in ('num_in', 'num_out'))
         return {'w': (n_in, n_out), 'b': (n_out,)}
 
     def forward(self, x):
@@ -86,7 +101,8 @@ class Dense(Layer):
         return self.x @ self.params['w'] + self.params['b']
 
     def backward(self, grad):
-        grad = check_input(grad, (len(self.x), self.num_out), f'{self!r}.backward', self.x.dtype)
+        grad = check_input(grad, (len(self.x), self.num_out), f'{self!r}.backward',
+                           self.x.dtype)
         self.grads['w'] = self.x.T @ grad      # (2)
         self.grads['b'] = grad.sum(0)          # (3)
         return grad @ self.params['w'].T if self.needs_input_grad else None  # (4)
@@ -97,12 +113,13 @@ def check_layer_grads(layer,        # a Layer; cast to float64 in place
                       rng=0,        # seed or Generator for the random output gradient
                       h=1e-6,       # step of the central differences
                       *, eps=None): # older name for `h`, still accepted
-    "Relative error of `layer`'s backward against central differences, for the input `'x'` and every parameter"
+    "`layer`'s backward vs central differences: relative error per parameter and `'x'`"
     if eps is not None: h = eps
     layer.astype(np.float64)
     x = np.array(x, dtype=np.float64)
     grad_out = get_rng(rng).normal(size=layer.forward(x).shape)
-    f = lambda: float(np.sum(layer.forward(x) * grad_out))  # a scalar whose gradient w.r.t. the output is grad_out (5)
+    # a scalar whose gradient w.r.t. the output is grad_out (5)
+    f = lambda: float(np.sum(layer.forward(x) * grad_out))
     layer.forward(x)
     errors = {'x': grad_check(f, x, layer.backward(grad_out).copy(), h)}
     analytic = {k: g.copy() for k, g in layer.grads.items()}
@@ -120,14 +137,18 @@ class ReLU(Layer):
 
 class LeakyReLU(Layer):
     "x for x > 0, slope * x otherwise"
-    def __init__(self, slope=0.01): # the gradient for x <= 0, x = 0 included (as in PyTorch); any finite number
-        super().__init__(); self.slope = check_arg(slope, 'slope', type(self).__name__, 'number')
+    def __init__(self, slope=0.01): # the (finite) gradient for x <= 0, as in PyTorch
+        super().__init__()
+        self.slope = check_arg(slope, 'slope', type(self).__name__, 'number')
     def config(self): return dict(slope=self.slope)
     def forward(self, x):
         x = as_float(x)
         self.mask = x > 0
-        return np.where(self.mask, x, self.slope * x).astype(x.dtype, copy=False)  # a numpy-scalar slope must not promote
-    def backward(self, grad): return np.where(self.mask, grad, self.slope * grad).astype(grad.dtype, copy=False)
+        # a numpy-scalar slope must not promote
+        return np.where(self.mask, x, self.slope * x).astype(x.dtype, copy=False)
+    def backward(self, grad):
+        return (np.where(self.mask, grad, self.slope * grad)
+                .astype(grad.dtype, copy=False))
 
 # %% ../nbs/01_dense.ipynb #05037f73
 class Sigmoid(Layer):
@@ -145,8 +166,9 @@ class Tanh(Layer):
     def backward(self, grad): return grad * (1 - self.y**2)
 
 class Softplus(Layer):
-    "log(1 + exp(x)), computed with logaddexp so it never overflows; its derivative is the sigmoid"
+    "log(1 + exp(x)) via logaddexp, so it never overflows; its derivative is the sigmoid"
     def forward(self, x):
         self.x = as_float(x)
         return np.logaddexp(0, self.x)  # (8)
-    def backward(self, grad): return grad * np.exp(-np.logaddexp(0, -self.x))  # sigmoid(x), as in (8)
+    def backward(self, grad):
+        return grad * np.exp(-np.logaddexp(0, -self.x))  # sigmoid(x), as in (8)

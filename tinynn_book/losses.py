@@ -13,29 +13,37 @@ __all__ = ['Loss', 'softmax', 'log_softmax', 'one_hot', 'SoftmaxCrossEntropy', '
 
 # %% ../nbs/02_loss.ipynb #7b726b88
 def _on_device_of(pred, target, who): # who: the loss, for the message
-    "`target` as an array on `pred`'s device, or a TypeError: a silent copy between devices would hide a slow bug"
+    "`target` on `pred`'s device, else a TypeError: a silent copy would hide a slow bug"
     if device_of(target) != device_of(pred):
-        raise TypeError(f"{who!r} got a prediction on the {device_of(pred)} and a target on the {device_of(target)}: "
-                        "move one of them with to_device (Model's methods move the data for you)")
+        raise TypeError(f"{who!r} got a prediction on the {device_of(pred)} and a target "
+                        f"on the {device_of(target)}: move one of them with to_device "
+                        "(Model's methods move the data for you)")
     return array_module(pred).asarray(target)
 
 class Loss:
-    "A scalar loss: `loss(pred, target) -> float` and `grad(pred, target)`, the gradient of that float w.r.t. `pred`"
+    "`loss(pred, target) -> float` and its gradient w.r.t. `pred`, `grad(pred, target)`"
     def loss(self,
              pred, # the network's output
              target, # the truth, the same shape as `pred` unless the loss says otherwise
             ) -> float: raise NotImplementedError
-    def grad(self, pred, target): raise NotImplementedError  # same shape and dtype as `pred`
+    # same shape and dtype as `pred`
+    def grad(self, pred, target): raise NotImplementedError
     def __call__(self, pred, target): return self.loss(pred, target)
-    def config(self): return {}  # constructor arguments, so a checkpoint can rebuild the loss
-    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+    # constructor arguments, so a checkpoint can rebuild the loss
+    def config(self): return {}
+    def __repr__(self):
+        return (f"{type(self).__name__}("
+                f"{', '.join(f'{k}={v!r}' for k, v in self.config().items())})")
 
     def _check(self, pred, target):
-        "`pred` as a float array and `target` cast to its dtype, after checking that their shapes match exactly"
+        "`pred` as a float array, `target` in its dtype, if their shapes match exactly"
         pred, target = as_float(pred), _on_device_of(pred, target, self)
         if pred.shape != target.shape:
-            raise ValueError(f"{self!r} expected target of shape {pred.shape} (the prediction's), got {target.shape}")
-        if pred.size == 0: raise ValueError(f"{self!r} got an empty prediction of shape {pred.shape}: the mean of nothing is undefined")
+            raise ValueError(f"{self!r} expected target of shape {pred.shape} "
+                             f"(the prediction's), got {target.shape}")
+        if pred.size == 0:
+            raise ValueError(f"{self!r} got an empty prediction of shape {pred.shape}: "
+                             "the mean of nothing is undefined")
         return pred, target.astype(pred.dtype, copy=False)
 
 # %% ../nbs/02_loss.ipynb #477d367c
@@ -49,7 +57,7 @@ def softmax(logits, # scores of shape (..., C); softmax runs along the last axis
 # %% ../nbs/02_loss.ipynb #1d45f7ec
 def log_softmax(logits, # scores of shape (..., C); log-softmax runs along the last axis
                ):
-    "log softmax along the last axis via log-sum-exp, finite even where softmax underflows to 0"
+    "log softmax along the last axis via log-sum-exp, finite where softmax underflows"
     logits = as_float(logits)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -58,9 +66,12 @@ def log_softmax(logits, # scores of shape (..., C); log-softmax runs along the l
 def _check_labels(labels, N, C, who, shapes):
     "Raise a ValueError unless `labels` are N integers in [0, C)"
     if labels.shape != (N,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{who} expected integer labels of shape ({N},) or targets of shape ({N}, {C}), got {shapes} (dtype {labels.dtype})")
-    if ((labels < 0) | (labels >= C)).any():   # one test, so a GPU is waited for once, not twice (chapter 10)
-        raise ValueError(f"{who} expected labels in [0, {C}), got values in [{labels.min()}, {labels.max()}] for {shapes}")
+        raise ValueError(f"{who} expected integer labels of shape ({N},) or targets of "
+                         f"shape ({N}, {C}), got {shapes} (dtype {labels.dtype})")
+    # one test, so a GPU is waited for once, not twice (chapter 10)
+    if ((labels < 0) | (labels >= C)).any():
+        raise ValueError(f"{who} expected labels in [0, {C}), got values in "
+                         f"[{labels.min()}, {labels.max()}] for {shapes}")
 
 # %% ../nbs/02_loss.ipynb #721df197
 def one_hot(labels, # integer class indices of shape (N,)
@@ -69,26 +80,32 @@ def one_hot(labels, # integer class indices of shape (N,)
            ):
     "(N, C) array with a 1 in each row at that row's label"
     xp = array_module(labels)   # the result is made where the labels live
-    labels, num_classes = xp.asarray(labels), check_arg(num_classes, 'num_classes', 'one_hot')
-    if labels.size: _check_labels(labels, labels.size, num_classes, 'one_hot', f'labels {labels.shape}')
+    labels, num_classes = (xp.asarray(labels),
+                           check_arg(num_classes, 'num_classes', 'one_hot'))
+    if labels.size: _check_labels(labels, labels.size, num_classes, 'one_hot',
+                                  f'labels {labels.shape}')
     return xp.eye(num_classes, dtype=dtype)[labels.reshape(-1)]
 
 # %% ../nbs/02_loss.ipynb #a3e5c1d7
-def _weighted(w, x): # w: target weights (0 means "not this term"); x: a term, possibly infinite
+def _weighted(w, # target weights (0 means "not this term")
+              x): # a term, possibly infinite
     "w * x, with 0 * x = 0 even where x is infinite (0 * inf is NaN in floating point)"
     return w * np.where(w == 0, 0, x)
 
 # %% ../nbs/02_loss.ipynb #d697a2c1
 class SoftmaxCrossEntropy(Loss):
-    "Mean cross-entropy of softmax(logits) against integer labels (N,) or target rows (N, C), e.g. one-hot"
+    "Mean cross-entropy of softmax(logits) vs integer labels (N,) or target rows (N, C)"
     def _check(self, logits, target):
         logits, target = as_float(logits), _on_device_of(logits, target, self)
         shapes = f"logits {logits.shape} and target {target.shape}"
         if logits.ndim != 2 or logits.size == 0:
-            raise ValueError(f"{self!r} expected logits of shape (N, C) with N, C >= 1, got {shapes}")
+            raise ValueError(f"{self!r} expected logits of shape (N, C) with N, C >= 1, "
+                             f"got {shapes}")
         N, C = logits.shape
         if target.ndim == 2:
-            if target.shape != (N, C): raise ValueError(f"{self!r} expected targets of shape ({N}, {C}) or labels ({N},), got {shapes}")
+            if target.shape != (N, C):
+                raise ValueError(f"{self!r} expected targets of shape ({N}, {C}) or "
+                                 f"labels ({N},), got {shapes}")
             return logits, target.astype(logits.dtype, copy=False)
         _check_labels(target, N, C, repr(self), shapes)
         return logits, target
@@ -99,16 +116,19 @@ class SoftmaxCrossEntropy(Loss):
             ) -> float:
         logits, target = self._check(pred, target)
         logp = log_softmax(logits)
-        if target.ndim == 1: return float(-logp[array_module(logp).arange(len(logp)), target].mean())   # eq. (4)
+        if target.ndim == 1:   # eq. (4)
+            return float(-logp[array_module(logp).arange(len(logp)), target].mean())
         return float(-_weighted(target, logp).sum() / len(logp))   # eq. (5)
 
     def grad(self, pred, target):
         logits, target = self._check(pred, target)
         probs, N = softmax(logits), len(logits)
         if target.ndim == 1:
-            probs[array_module(probs).arange(N), target] -= 1   # eq. (9) without building y
+            # eq. (9) without building y
+            probs[array_module(probs).arange(N), target] -= 1
             return probs / N
-        return (probs * target.sum(axis=1, keepdims=True) - target) / N   # eq. (7); rows summing to 1 give (9)
+        # eq. (7); rows summing to 1 give (9)
+        return (probs * target.sum(axis=1, keepdims=True) - target) / N
 
 # %% ../nbs/02_loss.ipynb #8b99a782
 class MSE(Loss):
@@ -122,7 +142,7 @@ class MSE(Loss):
 
 # %% ../nbs/02_loss.ipynb #9158eea6
 class MAE(Loss):
-    "Mean absolute error over all elements: mean(|pred - target|); its subgradient at 0 is 0"
+    "Mean absolute error over all elements: mean(|pred - target|); subgradient 0 at 0"
     def loss(self, pred, target) -> float:
         pred, target = self._check(pred, target)
         return float(np.mean(np.abs(pred - target)))
@@ -132,10 +152,11 @@ class MAE(Loss):
 
 # %% ../nbs/02_loss.ipynb #cac797fe
 class Huber(Loss):
-    "Huber loss over all elements: quadratic for |pred - target| <= delta, linear beyond; mean like PyTorch's HuberLoss"
+    "Mean Huber loss, as PyTorch's: quadratic for |pred - target| <= delta, linear beyond"
     def __init__(self, delta:float=1.0, # where the quadratic piece turns linear; > 0
                 ):
-        self.delta = check_arg(delta, 'delta', 'Huber', 'positive')  # a Python float: cannot promote float32 to float64
+        # a Python float: cannot promote float32 to float64
+        self.delta = check_arg(delta, 'delta', 'Huber', 'positive')
     def config(self): return dict(delta=self.delta)
     def loss(self, pred, target) -> float:
         pred, target = self._check(pred, target)
@@ -148,19 +169,23 @@ class Huber(Loss):
 
 # %% ../nbs/02_loss.ipynb #7be8dab0
 class SigmoidCrossEntropy(Loss):
-    "Mean binary cross-entropy of sigmoid(logits) against targets in [0, 1] of the same shape, computed from the logits"
+    "Mean binary cross-entropy, from the logits, against same-shape targets in [0, 1]"
     def _check(self, pred, target):
         logits, target = super()._check(pred, target)
         if target.min() < 0 or target.max() > 1:
-            raise ValueError(f"{self!r} expected targets in [0, 1], got values in [{target.min()}, {target.max()}] for target {target.shape}")
+            raise ValueError(f"{self!r} expected targets in [0, 1], got values in "
+                             f"[{target.min()}, {target.max()}] "
+                             f"for target {target.shape}")
         return logits, target
     def loss(self,
              pred, # logits, any shape
              target, # probabilities of "yes" in [0, 1], the same shape
             ) -> float:
         z, y = self._check(pred, target)
-        linear = _weighted(1 - y, np.maximum(z, 0)) + _weighted(y, np.maximum(-z, 0))   # max(z, 0) - z y, finite at z = +-inf
+        # max(z, 0) - z y, finite at z = +-inf
+        linear = _weighted(1 - y, np.maximum(z, 0)) + _weighted(y, np.maximum(-z, 0))
         return float(np.mean(linear + np.log1p(np.exp(-np.abs(z)))))   # eq. (14)
     def grad(self, pred, target):
         z, y = self._check(pred, target)
-        return (np.exp(-np.logaddexp(0, -z)) - y) / z.size   # eq. (15): sigmoid(z) - y, sigmoid without overflow
+        # eq. (15): sigmoid(z) - y, sigmoid without overflow
+        return (np.exp(-np.logaddexp(0, -z)) - y) / z.size

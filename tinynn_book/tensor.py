@@ -14,13 +14,16 @@ __all__ = ['DEFAULT_DTYPE', 'Device', 'register_device', 'device_of', 'array_mod
 
 # %% ../nbs/00_tensor.ipynb #3ab38689
 class Device:
-    "Where arrays live: a name, the array module that creates arrays there, and the copies to and from main memory"
+    "Where arrays live: a name, its array module, and copies to and from main memory"
     def __init__(self, name:str, # 'cpu', 'gpu', ...
-                 xp, # the array module: numpy, cupy, or a stand-in with the same functions
+                 xp, # array module: numpy, cupy, or a stand-in with the same functions
                  array_type:type, # the class of its arrays
-                 from_host, to_host): # numpy array -> array here; array here -> numpy array
-        self.name, self.xp, self.array_type, self.from_host, self.to_host = name, xp, array_type, from_host, to_host
-        self.kernels = {}  # name -> a faster implementation for this device (chapter 10 adds the GPU's)
+                 from_host, # numpy array -> array here
+                 to_host): # array here -> numpy array
+        self.name, self.xp, self.array_type, self.from_host, self.to_host = (
+            name, xp, array_type, from_host, to_host)
+        # name -> a faster implementation for this device (chapter 10 adds the GPU's)
+        self.kernels = {}
     def __repr__(self): return f'Device({self.name!r})'
 
 _devices, _device_of_type = {}, {}
@@ -34,14 +37,14 @@ register_device(Device('cpu', np, np.ndarray, np.asarray, np.asarray))
 
 # %% ../nbs/00_tensor.ipynb #d9aac447
 def device_of(x): # an array, a scalar or a list
-    "The name of the device `x` lives on; numpy arrays, scalars and lists live on the 'cpu'"
+    "The name of the device `x` is on; numpy arrays, scalars and lists are on the 'cpu'"
     if type(x) is np.ndarray: return 'cpu'   # the common case, answered first
     for cls in type(x).__mro__:
         if cls in _device_of_type: return _device_of_type[cls]
     return 'cpu'
 
 def array_module(x): # an array
-    "The array module of `x`'s device (numpy, or cupy for a GPU array): its `zeros`, `empty`, `arange` make arrays beside `x`"
+    "The array module of `x`'s device (numpy or cupy): its `zeros` etc. make arrays there"
     return _devices[device_of(x)].xp
 
 def to_device(x, # an array (or anything `np.asarray` takes)
@@ -56,7 +59,7 @@ def to_numpy(x): # an array on any device
     return np.asarray(to_device(x, 'cpu'))
 
 def kernel_for(x, name:str): # an array; a kernel's name, e.g. 'im2col'
-    "The faster implementation of `name` that `x`'s device registered, or None (there are none on the CPU)"
+    "`x`'s device's faster implementation of `name`, or None (the CPU registers none)"
     return _devices[device_of(x)].kernels.get(name)
 
 # %% ../nbs/00_tensor.ipynb #e651ec15
@@ -64,71 +67,81 @@ def get_device(name): # 'cpu', 'gpu', or a Device
     "The `Device` called `name`; 'gpu' is set up with CuPy on first use"
     if isinstance(name, Device): return name
     if name == 'gpu' and 'gpu' not in _devices: register_device(_cupy_device())
-    if name not in _devices: raise ValueError(f"unknown device {name!r}: expected 'cpu' or 'gpu'")
+    if name not in _devices:
+        raise ValueError(f"unknown device {name!r}: expected 'cpu' or 'gpu'")
     return _devices[name]
 
 def _cupy_device():
-    "The GPU as a Device, with chapter 10's kernels, or a RuntimeError saying whether CuPy or the GPU is missing"
+    "The GPU Device with chapter 10's kernels; a RuntimeError if CuPy or a GPU is missing"
     try: cupy = importlib.import_module('cupy')
     except ImportError as e:
-        raise RuntimeError("device 'gpu' needs CuPy, which is not installed: pip install -e '.[gpu]' "
-                           "(or the cupy-cuda wheel that matches your CUDA version)") from e
+        raise RuntimeError("device 'gpu' needs CuPy, which is not installed: "
+                           "pip install -e '.[gpu]' (or the cupy-cuda wheel that "
+                           "matches your CUDA version)") from e
     try: count, why = cupy.cuda.runtime.getDeviceCount(), 'no device'
     except Exception as e: count, why = 0, f'{type(e).__name__}: {e}'
-    if count == 0: raise RuntimeError(f"device 'gpu': CuPy is installed but finds no usable NVIDIA GPU ({why})")
+    if count == 0:
+        raise RuntimeError("device 'gpu': CuPy is installed but finds no usable "
+                           f"NVIDIA GPU ({why})")
     device = Device('gpu', cupy, cupy.ndarray, cupy.asarray, cupy.asnumpy)
-    device.kernels.update(importlib.import_module('tinynn_book.backend').gpu_kernels())  # chapter 10
+    # chapter 10's kernels
+    device.kernels.update(importlib.import_module('tinynn_book.backend').gpu_kernels())
     return device
 
 # %% ../nbs/00_tensor.ipynb #8b8f3451
-DEFAULT_DTYPE = np.float32  # half the memory of float64 and faster matrix products; plenty for SGD
+# half the memory of float64 and faster matrix products; plenty for SGD
+DEFAULT_DTYPE = np.float32
 
 # %% ../nbs/00_tensor.ipynb #b2387562
 def as_float(x,                    # array-like
              dtype=DEFAULT_DTYPE): # dtype for integer or boolean input
-    "`x` as a floating-point array: floats keep their dtype, integers and booleans become `dtype`"
+    "`x` as a float array: floats keep their dtype, integers and booleans become `dtype`"
     x = array_module(x).asarray(x)   # stays on its device
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(dtype)
 
 # %% ../nbs/00_tensor.ipynb #47c76dda
-def _fmt_shape(spec): return '(' + ', '.join(str(s) for s in spec) + (',)' if len(spec) == 1 else ')')
+def _fmt_shape(spec):
+    return '(' + ', '.join(str(s) for s in spec) + (',)' if len(spec) == 1 else ')')
 
 def check_input(x,                    # array-like to check
-                spec,                 # expected shape: ints are fixed sizes, strings free ones, e.g. ('N', 3, 'H', 'W')
+                spec,                 # e.g. ('N', 3, 'H', 'W'): ints fixed, strings free
                 who,                  # name of the layer or loss, for the error message
                 dtype=DEFAULT_DTYPE): # dtype for integer or boolean input
-    "`x` as a float array whose shape matches `spec`, else a `ValueError` naming `who` and both shapes"
+    "`x` as a float array of shape `spec`, else a ValueError naming `who` and both shapes"
     x = as_float(x, dtype)
-    if x.ndim != len(spec) or any(not isinstance(s, str) and s != n for s, n in zip(spec, x.shape)):
-        raise ValueError(f"{who} expected input of shape {_fmt_shape(spec)}, got {x.shape}")
+    if x.ndim != len(spec) or any(not isinstance(s, str) and s != n
+                                  for s, n in zip(spec, x.shape)):
+        raise ValueError(f"{who} expected input of shape {_fmt_shape(spec)}, "
+                         f"got {x.shape}")
     return x
 
 # %% ../nbs/00_tensor.ipynb #d6a01daa
 _rng = np.random.default_rng(0)
 
-def set_seed(seed:int): # seed for every initialiser and shuffle that is not given its own generator
+def set_seed(seed:int): # seed of every initialiser and shuffle without its own generator
     "Reseed the library's global random number generator and return it"
     global _rng
     _rng = np.random.default_rng(seed)
     return _rng
 
-def get_rng(rng=None): # None for the global generator, an int seed, or a `np.random.Generator`
+def get_rng(rng=None): # None (global generator), an int seed or a `np.random.Generator`
     "The generator to draw from"
     if rng is None: return _rng
     if isinstance(rng, np.random.Generator): return rng
     return np.random.default_rng(rng)
 
 # %% ../nbs/00_tensor.ipynb #1211e666
-def fans(shape): # (num_in, num_out) for a dense weight or (out, in, kh, kw) for a convolution's
+def fans(shape): # (num_in, num_out) for a dense weight, (out, in, kh, kw) for a conv
     "The fan-in and fan-out of a weight of this shape"
     if len(shape) == 2: return shape[0], shape[1]
     if len(shape) == 4:
         receptive = shape[2] * shape[3]
         return shape[1] * receptive, shape[0] * receptive
-    raise ValueError(f"fans expected a 2-D (num_in, num_out) or 4-D (out, in, kh, kw) shape, got {tuple(shape)}")
+    raise ValueError("fans expected a 2-D (num_in, num_out) or 4-D (out, in, kh, kw) "
+                     f"shape, got {tuple(shape)}")
 
 def zeros(shape,               # shape of the array
-          rng=None,            # ignored: accepted so every initialiser has the same signature
+          rng=None,            # ignored: so every initialiser has the same signature
           dtype=DEFAULT_DTYPE):
     "All zeros (biases)"
     return np.zeros(shape, dtype)
@@ -149,8 +162,8 @@ def uniform(shape,               # shape of the array
 
 # %% ../nbs/00_tensor.ipynb #3eca55b0
 def xavier_uniform(shape,               # (num_in, num_out) or (out, in, kh, kw)
-                   gain=1.0,            # multiplies the limit (e.g. 5/3 for tanh, as PyTorch's calculate_gain)
-                   rng=None,            # None (global generator), an int seed or a Generator
+                   gain=1.0,            # multiplies the limit (tanh: 5/3, as in PyTorch)
+                   rng=None,            # None (global generator), a seed or a Generator
                    dtype=DEFAULT_DTYPE):
     "Glorot & Bengio (2010), uniform: Var(w) = gain² · 2 / (fan_in + fan_out)"
     fan_in, fan_out = fans(shape)
@@ -158,7 +171,7 @@ def xavier_uniform(shape,               # (num_in, num_out) or (out, in, kh, kw)
 
 def xavier_normal(shape,               # (num_in, num_out) or (out, in, kh, kw)
                   gain=1.0,            # multiplies the standard deviation
-                  rng=None,            # None (global generator), an int seed or a Generator
+                  rng=None,            # None (global generator), a seed or a Generator
                   dtype=DEFAULT_DTYPE):
     "Glorot & Bengio (2010), Gaussian: std = gain · sqrt(2 / (fan_in + fan_out))"
     fan_in, fan_out = fans(shape)
@@ -167,7 +180,7 @@ def xavier_normal(shape,               # (num_in, num_out) or (out, in, kh, kw)
 def he_uniform(shape,               # (num_in, num_out) or (out, in, kh, kw)
                rng=None,            # None (global generator), an int seed or a Generator
                dtype=DEFAULT_DTYPE):
-    "He et al. (2015), uniform: Var(w) = 2 / fan_in, making up for ReLU halving the second moment"
+    "He et al. (2015), uniform: Var(w) = 2 / fan_in, as ReLU halves the second moment"
     fan_in, _ = fans(shape)
     return uniform(shape, np.sqrt(6 / fan_in), rng, dtype)
 
@@ -185,7 +198,9 @@ def numerical_grad(f,          # f() -> float; reads `x`
                    *, eps=None): # older name for `h`, still accepted
     "Central-difference estimate of df/dx, one element at a time"
     if eps is not None: h = eps
-    if x.dtype != np.float64: raise TypeError(f"numerical_grad needs a float64 array, got {x.dtype}: float32 differences are mostly rounding")
+    if x.dtype != np.float64:
+        raise TypeError(f"numerical_grad needs a float64 array, got {x.dtype}: "
+                        "float32 differences are mostly rounding")
     grad = np.zeros_like(x)
     for i in np.ndindex(x.shape):
         old = x[i]
