@@ -9,7 +9,8 @@ from importlib.resources import files
 from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from .tensor import DEFAULT_DTYPE, array_module, check_input, device_of, get_rng, to_device, to_numpy
+from .tensor import (DEFAULT_DTYPE, array_module, check_input, device_of,
+                                get_rng, to_device, to_numpy)
 from .layers import Layer, Dense, ReLU
 from .losses import SoftmaxCrossEntropy
 from .conv import Conv2D, MaxPool2D, Flatten
@@ -23,29 +24,39 @@ __all__ = ['IDX_TYPES', 'ENV_VAR', 'MNIST_FILES', 'SAMPLE_FILE', 'MODELS', 'WEIG
            'plot_feature_maps', 'RandomShift', 'make_model', 'train_mnist', 'download_mnist']
 
 # %% ../nbs/06_mnist.ipynb #c06005
-IDX_TYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}  # type code -> big-endian numpy dtype
+# type code -> big-endian numpy dtype
+IDX_TYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 
 def _idx_header(data, name):
-    "(shape, dtype, header length) from the first bytes of an IDX file: the magic number, then one size per dimension"
-    if len(data) < 4: raise ValueError(f"{name}: not an IDX file (only {len(data)} bytes, a header needs at least 4)")
+    "(shape, dtype, header length) of an IDX file: its magic number, then a size per axis"
+    if len(data) < 4:
+        raise ValueError(f"{name}: not an IDX file (only {len(data)} bytes, "
+                         f"a header needs at least 4)")
     zero, type_code, ndim = int.from_bytes(data[:2], 'big'), data[2], data[3]
     if zero != 0 or type_code not in IDX_TYPES:
-        raise ValueError(f"{name}: not an IDX file (magic number {int.from_bytes(data[:4], 'big'):#010x}; expected 0x0000TTDD with type code TT in {[hex(t) for t in IDX_TYPES]})")
+        raise ValueError(f"{name}: not an IDX file (magic number "
+                         f"{int.from_bytes(data[:4], 'big'):#010x}; expected 0x0000TTDD "
+                         f"with type code TT in {[hex(t) for t in IDX_TYPES]})")
     header = 4 + 4 * ndim
-    if len(data) < header: raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes, {ndim} dimensions need {header})")
+    if len(data) < header:
+        raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes, "
+                         f"{ndim} dimensions need {header})")
     dims = tuple(int.from_bytes(data[4 + 4*i: 8 + 4*i], 'big') for i in range(ndim))
     return dims, np.dtype(IDX_TYPES[type_code]), header
 
 def parse_idx(data:bytes, # the whole (decompressed) file
-              name:str='IDX data', # what to call the data in error messages, usually the file's path
+              name:str='IDX data', # the data's name in error messages, usually its path
              ) -> np.ndarray:
     "Parse the bytes of an IDX file into an array of the shape its header states"
     data = memoryview(data)
     dims, dtype, header = _idx_header(data, name)
     expected = math.prod(dims) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f"{name}: corrupt or truncated IDX file: its header promises shape {dims} ({expected} bytes of data), found {len(data) - header} bytes")
-    return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder('='))
+        raise ValueError(f"{name}: corrupt or truncated IDX file: its header promises "
+                         f"shape {dims} ({expected} bytes of data), "
+                         f"found {len(data) - header} bytes")
+    return (np.frombuffer(data, dtype, offset=header).reshape(dims)
+            .astype(dtype.newbyteorder('=')))
 
 # %% ../nbs/06_mnist.ipynb #c06009
 def gunzip(data:bytes, # file content, gzip-compressed or not
@@ -54,90 +65,122 @@ def gunzip(data:bytes, # file content, gzip-compressed or not
     "`data` decompressed if it starts with the gzip signature, else unchanged"
     if data[:2] != b'\x1f\x8b': return data
     try: return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e: raise ValueError(f"{name}: corrupt or truncated gzip file ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{name}: corrupt or truncated gzip file ({e})") from None
 
 def read_bytes(path) -> bytes: # a raw or gzip-compressed file
     "The file's content, decompressed if it is gzip"
     return gunzip(Path(path).read_bytes(), str(path))
 
 def _read_into(f, out):
-    "Fill the byte array `out` from the file `f`, a megabyte at a time; returns the number of bytes read"
+    "Read file `f` into byte array `out` 1 MB at a time; returns how many bytes it read"
     view, n = memoryview(out), 0
     while n < len(out) and (k := f.readinto(view[n:n + (1 << 20)])): n += k
     return n
 
 # %% ../nbs/06_mnist.ipynb #c06009b
-_GZIP_MAX_RATIO = 1032  # deflate's limit: no gzip stream inflates to more than about 1032 times its size
+_GZIP_MAX_RATIO = 1032  # deflate's limit: a gzip stream inflates at most about 1032-fold
 
 def read_idx(path, # a raw or gzip-compressed IDX file
-             dtypes=None, # the value types to accept, e.g. (np.uint8,); None for any IDX type
+             dtypes=None, # value types to accept, e.g. (np.uint8,); None for any IDX type
             ) -> np.ndarray:
     "Read an IDX file into an array, decompressing no more than its header promises"
     name = str(path)
     with open(path, 'rb') as raw:
         zipped = raw.read(2) == b'\x1f\x8b'; raw.seek(0)
-        room = os.fstat(raw.fileno()).st_size * (_GZIP_MAX_RATIO if zipped else 1)  # the most bytes the file can hold
+        # the most bytes the file can hold
+        room = os.fstat(raw.fileno()).st_size * (_GZIP_MAX_RATIO if zipped else 1)
         f = gzip.GzipFile(fileobj=raw) if zipped else raw
         try:
             head = f.read(4); head += f.read(4 * head[3]) if len(head) == 4 else b''
             dims, dtype, header = _idx_header(head, name)
-            if dtypes is not None and dtype.newbyteorder('=') not in [np.dtype(t) for t in dtypes]:
+            if (dtypes is not None
+                    and dtype.newbyteorder('=') not in [np.dtype(t) for t in dtypes]):
                 kinds = [np.dtype(t).name for t in dtypes]
-                raise ValueError(f"{name}: expected IDX values of type {' or '.join([', '.join(kinds[:-1]), kinds[-1]] if kinds[:-1] else kinds)}, its header says {dtype.newbyteorder('=').name}")
+                raise ValueError(f"""{name}: expected IDX values of type {' or '.join(
+                    [', '.join(kinds[:-1]), kinds[-1]] if kinds[:-1] else kinds)
+                }, its header says {dtype.newbyteorder('=').name}""")
             nbytes = math.prod(dims) * dtype.itemsize
             if nbytes > room - header:
-                raise ValueError(f"{name}: corrupt or truncated IDX file: its header promises shape {dims} ({nbytes:,} bytes of data), more than the file can hold")
+                raise ValueError(f"{name}: corrupt or truncated IDX file: its header "
+                                 f"promises shape {dims} ({nbytes:,} bytes of data), "
+                                 f"more than the file can hold")
             try: data = np.empty(nbytes, np.uint8)
-            except MemoryError: raise ValueError(f"{name}: its header promises {nbytes / 1e6:,.0f} MB of data, more memory than is available") from None
-            got, more = _read_into(f, data), f.read(1)  # one byte past the promise: is there more?
+            except MemoryError:
+                raise ValueError(f"{name}: its header promises {nbytes / 1e6:,.0f} MB of "
+                                 f"data, more memory than is available") from None
+            got, more = _read_into(f, data), f.read(1)  # one byte past the promise: more?
         except (OSError, EOFError, zlib.error) as e:
             if not zipped: raise
             raise ValueError(f"{name}: corrupt or truncated gzip file ({e})") from None
     if got != nbytes or more:
-        raise ValueError(f"{name}: corrupt or truncated IDX file: its header promises shape {dims} ({nbytes} bytes of data), found {'more' if more else got} bytes")
+        raise ValueError(f"{name}: corrupt or truncated IDX file: its header promises "
+                         f"shape {dims} ({nbytes} bytes of data), "
+                         f"found {'more' if more else got} bytes")
     return data.view(dtype).reshape(dims).astype(dtype.newbyteorder('='), copy=False)
 
 # %% ../nbs/06_mnist.ipynb #c06010
 ENV_VAR = 'TINYNN_BOOK_DATA'
-MNIST_FILES = {  # file name -> SHA-256 of its decompressed IDX bytes (gzip wrappers differ between copies)
-    'train-images-idx3-ubyte': 'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
-    'train-labels-idx1-ubyte': '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
-    't10k-images-idx3-ubyte': '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
-    't10k-labels-idx1-ubyte': 'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
+# file name -> SHA-256 of its decompressed IDX bytes (gzip wrappers differ between copies)
+MNIST_FILES = {
+    'train-images-idx3-ubyte':
+        'ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db',
+    'train-labels-idx1-ubyte':
+        '65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5',
+    't10k-images-idx3-ubyte':
+        '0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7',
+    't10k-labels-idx1-ubyte':
+        'ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
 }
 
 def cache_dir() -> Path:
-    "Where downloads go: `$XDG_CACHE_HOME/tinynn-book/mnist`, or `~/.cache/tinynn-book/mnist`"
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'tinynn-book'/'mnist'
+    "Where downloads go: `tinynn-book/mnist` in `$XDG_CACHE_HOME`, or else in `~/.cache`"
+    return (Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')
+            /'tinynn-book'/'mnist')
 
 def find_files(folder) -> dict: # directory to look in
-    "Map each MNIST file name to its path in `folder` (gzipped preferred), or to None if absent"
+    "Each MNIST file name -> its path in `folder` (gzipped preferred), or None if absent"
     folder = Path(folder)
-    return {name: next((folder/f for f in (name + '.gz', name) if (folder/f).is_file()), None) for name in MNIST_FILES}
+    return {name: next((folder/f for f in (name + '.gz', name)
+                        if (folder/f).is_file()), None)
+            for name in MNIST_FILES}
 
 # %% ../nbs/06_mnist.ipynb #c06011
-_MNIST_DTYPES = {'images': (np.uint8,), 'labels': (np.uint8, np.int8, np.int16, np.int32)}  # IDX types an MNIST file may use
+_MNIST_DTYPES = {'images': (np.uint8,),  # the IDX types an MNIST file may use
+                 'labels': (np.uint8, np.int8, np.int16, np.int32)}
 
 def _to_xy(images, labels, images_name, labels_name):
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_name}: expected images of shape (N, 28, 28) and dtype uint8, got {images.shape} {images.dtype}")
-    if labels.dtype.kind not in 'iu': raise ValueError(f"{labels_name}: expected integer labels, got dtype {labels.dtype}")
+        raise ValueError(f"{images_name}: expected images of shape (N, 28, 28) "
+                         f"and dtype uint8, got {images.shape} {images.dtype}")
+    if labels.dtype.kind not in 'iu':
+        raise ValueError(f"{labels_name}: expected integer labels, "
+                         f"got dtype {labels.dtype}")
     if labels.shape != (len(images),):
-        raise ValueError(f"{labels_name}: expected one label per image, shape ({len(images)},), got {labels.shape}")
-    if len(images) == 0: raise ValueError(f"{images_name}: holds no images; an empty split can be neither trained nor tested on")
+        raise ValueError(f"{labels_name}: expected one label per image, "
+                         f"shape ({len(images)},), got {labels.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{images_name}: holds no images; "
+                         f"an empty split can be neither trained nor tested on")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{labels_name}: expected labels in 0..9, got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(f"{labels_name}: expected labels in 0..9, "
+                         f"got values in [{labels.min()}, {labels.max()}]")
     try: x = images.reshape(-1, 1, 28, 28).astype(np.float32)
-    except MemoryError: raise ValueError(f"{images_name}: not enough memory for {len(images)} images as float32") from None
+    except MemoryError:
+        raise ValueError(f"{images_name}: not enough memory for {len(images)} images "
+                         f"as float32") from None
     x /= 255  # in place: the float copy of the training set is 188 MB, no need for two
     return x, labels.astype(np.int64)
 
+# %% ../nbs/06_mnist.ipynb #c5f67d86
 def _where_to_put(where, missing):
-    return (f"MNIST not found: {where} lacks {', '.join(missing)} (each may also be gzipped, with '.gz' added).\n"
-            f"Put the four IDX files in a directory DIR and pass load_mnist(path=DIR) (or `tinynn-mnist --data DIR`), "
-            f"or set the environment variable {ENV_VAR}=DIR, or copy them into {cache_dir()}.\n"
-            f"With no copy at hand, load_mnist(sample=True) (or `tinynn-mnist --sample`) uses the small sample "
-            f"that ships with the package.")
+    return (f"MNIST not found: {where} lacks {', '.join(missing)} "
+            f"(each may also be gzipped, with '.gz' added).\n"
+            f"Put the four IDX files in a directory DIR and pass load_mnist(path=DIR) "
+            f"(or `tinynn-mnist --data DIR`), or set the environment variable "
+            f"{ENV_VAR}=DIR, or copy them into {cache_dir()}.\n"
+            f"With no copy at hand, load_mnist(sample=True) (or `tinynn-mnist --sample`) "
+            f"uses the small sample that ships with the package.")
 
 def load_folder(folder, # directory holding the four IDX files
                 where:str=None, # how to describe `folder` in error messages
@@ -146,59 +189,69 @@ def load_folder(folder, # directory holding the four IDX files
     found = find_files(folder)
     missing = [name for name, path in found.items() if path is None]
     if missing: raise FileNotFoundError(_where_to_put(where or str(folder), missing))
-    a = {name: read_idx(path, _MNIST_DTYPES[name.split('-')[1]]) for name, path in found.items()}
+    a = {name: read_idx(path, _MNIST_DTYPES[name.split('-')[1]])
+         for name, path in found.items()}
     return tuple(_to_xy(a[f'{part}-images-idx3-ubyte'], a[f'{part}-labels-idx1-ubyte'],
-                        found[f'{part}-images-idx3-ubyte'], found[f'{part}-labels-idx1-ubyte']) for part in ('train', 't10k'))
+                        found[f'{part}-images-idx3-ubyte'],
+                        found[f'{part}-labels-idx1-ubyte'])
+                 for part in ('train', 't10k'))
 
 # %% ../nbs/06_mnist.ipynb #c06012
 SAMPLE_FILE = 'mnist_sample.npz'
 
 def load_sample():
-    "The MNIST sample shipped in the package: 6000 training images (600 per class) and the first 1000 test images"
+    "Packaged MNIST sample: 600 training images per class, the first 1000 test images"
     from importlib.resources import as_file
-    with as_file(files('tinynn_book')/'data'/SAMPLE_FILE) as path, np.load(path, allow_pickle=False) as f:
-        return tuple(_to_xy(f[f'x_{part}'], f[f'y_{part}'], f'{path}: x_{part}', f'{path}: y_{part}') for part in ('train', 'test'))
+    with (as_file(files('tinynn_book')/'data'/SAMPLE_FILE) as path,
+          np.load(path, allow_pickle=False) as f):
+        return tuple(_to_xy(f[f'x_{part}'], f[f'y_{part}'],
+                            f'{path}: x_{part}', f'{path}: y_{part}')
+                     for part in ('train', 'test'))
 
-def load_mnist(path=None, # directory with the four IDX files; None to try $TINYNN_BOOK_DATA, then the cache
-               sample:bool=False, # return the small sample shipped with the package instead
-               download:bool=True, # fetch missing files into the cache (only when neither `path` nor the variable is set)
+def load_mnist(path=None, # the IDX files' folder; None: $TINYNN_BOOK_DATA, then the cache
+               sample:bool=False, # return the small packaged sample instead
+               download:bool=True, # fetch missing files when the cache is the source
                progress:bool=True, # show download progress
               ):
-    "MNIST as `(x_train, y_train), (x_test, y_test)`: x float32 (N, 1, 28, 28) in [0, 1], y int64 (N,)"
+    """MNIST as `(x_train, y_train), (x_test, y_test)`:
+    x float32 (N, 1, 28, 28) in [0, 1], y int64 (N,)"""
     if sample: return load_sample()
     if path is not None: return load_folder(path, f"the directory {path}")
-    if os.environ.get(ENV_VAR): return load_folder(os.environ[ENV_VAR], f"${ENV_VAR} = {os.environ[ENV_VAR]}")
+    if os.environ.get(ENV_VAR):
+        return load_folder(os.environ[ENV_VAR], f"${ENV_VAR} = {os.environ[ENV_VAR]}")
     folder = cache_dir()
     missing = [name for name, p in find_files(folder).items() if p is None]
     if missing and download:
         try: download_mnist(folder, progress=progress)
         except FileNotFoundError as e:
-            raise FileNotFoundError(_where_to_put(f"the cache {folder}", missing) + f"\nThe download failed: {e}") from None
+            raise FileNotFoundError(_where_to_put(f"the cache {folder}", missing)
+                                    + f"\nThe download failed: {e}") from None
     return load_folder(folder, f"the cache {folder}")
 
 # %% ../nbs/06_mnist.ipynb #c06015
 def _hidden(layer, num_features, dtype, norm, dropout):
-    "`layer`, then `norm(num_features)`, ReLU and `dropout()`, leaving out the ones that are None"
+    "`layer`, then `norm(num_features)`, ReLU, `dropout()`, skipping any that are None"
     return ([layer] + ([norm(num_features).astype(dtype)] if norm else []) + [ReLU()]
             + ([dropout()] if dropout else []))
 
 def mlp(rng=None, # seed or generator for the initial weights; None for the global one
         dtype=DEFAULT_DTYPE, # parameter dtype
-        norm=None, # callable num_features -> Layer after each hidden Dense, before its ReLU (e.g. BatchNorm1d)
-        dropout=None, # callable () -> Layer after each hidden ReLU (e.g. lambda: Dropout(0.5))
+        norm=None, # num_features -> Layer between Dense and ReLU (e.g. BatchNorm1d)
+        dropout=None, # () -> Layer after each hidden ReLU (e.g. lambda: Dropout(0.5))
        ) -> Net:
     "The 784-400-100-10 ReLU perceptron; takes (N, 1, 28, 28) images"
     rng = get_rng(rng)
     layers = [Flatten()]
     for num_in, num_out in ((784, 400), (400, 100)):
-        layers += _hidden(Dense(num_in, num_out, rng=rng, dtype=dtype), num_out, dtype, norm, dropout)
+        layers += _hidden(Dense(num_in, num_out, rng=rng, dtype=dtype), num_out, dtype,
+                          norm, dropout)
     return Net(layers + [Dense(100, 10, rng=rng, dtype=dtype)])
 
 def lenet(rng=None, # seed or generator for the initial weights; None for the global one
           dtype=DEFAULT_DTYPE, # parameter dtype
-          norm2d=None, # callable num_channels -> Layer after each Conv2D, before its ReLU (e.g. BatchNorm2d)
-          norm1d=None, # callable num_features -> Layer after each hidden Dense, before its ReLU (e.g. BatchNorm1d)
-          dropout=None, # callable () -> Layer after each hidden Dense's ReLU (e.g. lambda: Dropout(0.5))
+          norm2d=None, # num_channels -> Layer between Conv2D and ReLU (e.g. BatchNorm2d)
+          norm1d=None, # num_features -> Layer between Dense and ReLU (e.g. BatchNorm1d)
+          dropout=None, # () -> Layer after each Dense's ReLU (e.g. lambda: Dropout(0.5))
          ) -> Net:
     "LeNet-5 with ReLU and max pooling; takes (N, 1, 28, 28) images"
     rng = get_rng(rng)
@@ -208,7 +261,8 @@ def lenet(rng=None, # seed or generator for the initial weights; None for the gl
         layers += _hidden(conv, c_out, dtype, norm2d, None) + [MaxPool2D(2)]
     layers.append(Flatten())
     for num_in, num_out in ((400, 120), (120, 84)):
-        layers += _hidden(Dense(num_in, num_out, rng=rng, dtype=dtype), num_out, dtype, norm1d, dropout)
+        layers += _hidden(Dense(num_in, num_out, rng=rng, dtype=dtype), num_out, dtype,
+                          norm1d, dropout)
     return Net(layers + [Dense(84, 10, rng=rng, dtype=dtype)])
 
 MODELS = {'mlp': mlp, 'lenet': lenet}
@@ -221,24 +275,29 @@ def confusion_matrix(y_true, # true labels (N,)
     "Counts `M[i, j]` of examples of class i predicted as class j"
     y_true, y_pred = to_numpy(y_true), to_numpy(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"confusion_matrix expected two label arrays of the same shape (N,), got {y_true.shape} and {y_pred.shape}")
+        raise ValueError("confusion_matrix expected two label arrays of the same shape "
+                         f"(N,), got {y_true.shape} and {y_pred.shape}")
     for y in (y_true, y_pred):
         if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"confusion_matrix expected labels in [0, {num_classes}), got values in [{y.min()}, {y.max()}]")
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+            raise ValueError(f"confusion_matrix expected labels in [0, {num_classes}), "
+                             f"got values in [{y.min()}, {y.max()}]")
+    return np.bincount(y_true * num_classes + y_pred,
+                       minlength=num_classes**2).reshape(num_classes, num_classes)
 
 # %% ../nbs/06_mnist.ipynb #c06026
 def plot_confusion(cm, # square matrix of counts, true class by row
                    title:str='Confusion matrix',
                   ):
-    "The confusion matrix as an annotated heat map (log colour scale so the few errors show); returns the figure"
+    "Annotated heat map of `cm`, log colours so the few errors show; returns the figure"
     import matplotlib.pyplot as plt
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     im = ax.imshow(np.log1p(cm), cmap='Blues')
     for i, j in np.ndindex(cm.shape):
-        ax.text(j, i, cm[i, j], ha='center', va='center', fontsize=7, color='white' if cm[i, j] > cm.max() / 4 else 'black')
-    ax.set(title=title, xlabel='predicted label', ylabel='true label', xticks=range(len(cm)), yticks=range(len(cm)))
+        ax.text(j, i, cm[i, j], ha='center', va='center', fontsize=7,
+                color='white' if cm[i, j] > cm.max() / 4 else 'black')
+    ax.set(title=title, xlabel='predicted label', ylabel='true label',
+           xticks=range(len(cm)), yticks=range(len(cm)))
     fig.colorbar(im, ax=ax, label='log(1 + count)')
     return fig
 
@@ -249,7 +308,7 @@ def plot_misclassified(x, # images (N, 1, 28, 28)
                        cols:int=8,
                        title:str='Misclassified test digits',
                       ):
-    "A grid of the first `num` images whose prediction is wrong, titled 'predicted / true'; returns the figure"
+    "The first `num` misclassified images, titled 'predicted / true'; returns the figure"
     import matplotlib.pyplot as plt
     wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:num]
     rows = max(1, -(-len(wrong) // cols))
@@ -262,13 +321,15 @@ def plot_misclassified(x, # images (N, 1, 28, 28)
     return fig
 
 # %% ../nbs/06_mnist.ipynb #c06027
-def plot_filters(w, # convolution weights (out, in, kh, kw); the first input channel is shown
+def plot_filters(w, # convolution weights (out, in, kh, kw); input channel 0 is shown
                  title:str='First-layer filters',
                 ):
-    "Each output channel's kernel as an image, on a colour scale symmetric about zero; returns the figure"
+    "Each output channel's kernel as an image, zero-centred colours; returns the figure"
     import matplotlib.pyplot as plt
     w = to_numpy(w)
-    if w.ndim != 4: raise ValueError(f"plot_filters expected weights of shape (out, in, kh, kw), got {w.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"plot_filters expected weights of shape (out, in, kh, kw), "
+                         f"got {w.shape}")
     fig, axes = plt.subplots(1, len(w), figsize=(1.5 * len(w), 1.9), squeeze=False)
     for k, ax in enumerate(axes.flat):
         lim = np.abs(w[k, 0]).max()
@@ -280,46 +341,51 @@ def plot_filters(w, # convolution weights (out, in, kh, kw); the first input cha
 def conv_feature_maps(net:Net, # a net with Conv2D layers, e.g. from `lenet`
                       x, # images (N, C, H, W)
                      ) -> list:
-    "The output of the first ReLU after each Conv2D for `x`, in evaluation mode: one (N, C, H, W) array per convolution"
+    "The first ReLU's output after each Conv2D (evaluation mode): one (N, C, H, W) each"
     maps, after_conv, was_training = [], False, net.training
     net.eval()
     try:
         for layer in net.layers:
             x = layer(x)
             if isinstance(layer, Conv2D): after_conv = True
-            elif after_conv and isinstance(layer, ReLU): maps.append(x); after_conv = False
+            elif after_conv and isinstance(layer, ReLU):
+                maps.append(x); after_conv = False
     finally: net.train(was_training)
     return maps
 
 # %% ../nbs/06_mnist.ipynb #c06028
 def plot_feature_maps(image, # one image (1, H, W)
-                      maps, # one (C, H, W) array per convolution, e.g. `[m[0] for m in conv_feature_maps(net, x)]`
+                      maps, # (C, H, W) each: `[m[0] for m in conv_feature_maps(net, x)]`
                       title:str='Feature maps',
                       cols:int=8,
                      ):
-    "The image, then every channel of each map as an image (a block of rows per convolution); returns the figure"
+    "The image, then each map's channels (a block of rows per map); returns the figure"
     import matplotlib.pyplot as plt
     blocks = [-(-len(m) // cols) for m in maps]
-    fig, axes = plt.subplots(1 + sum(blocks), cols, figsize=(1.3 * cols, 1.45 * (1 + sum(blocks))), squeeze=False)
+    fig, axes = plt.subplots(1 + sum(blocks), cols,
+                             figsize=(1.3 * cols, 1.45 * (1 + sum(blocks))),
+                             squeeze=False)
     for ax in axes.flat: ax.axis('off')
     axes[0, 0].imshow(image[0], cmap='gray_r'); axes[0, 0].set_title('input', fontsize=9)
     row = 1
     for i, (m, num_rows) in enumerate(zip(maps, blocks)):
         for k, channel in enumerate(m):
             ax = axes[row + k // cols, k % cols]
-            ax.imshow(channel, cmap='magma'); ax.set_title(f'conv {i + 1}, map {k}', fontsize=8)
+            ax.imshow(channel, cmap='magma')
+            ax.set_title(f'conv {i + 1}, map {k}', fontsize=8)
         row += num_rows
     fig.suptitle(f'{title} (bright = strong response)'); fig.tight_layout()
     return fig
 
 # %% ../nbs/06_mnist.ipynb #c06030
 class RandomShift(Layer):
-    "Data augmentation: in training mode, each image moved by a random whole-pixel offset in [-max_shift, max_shift]²"
+    "Augmentation: in training, random whole-pixel shifts in [-max_shift, max_shift]²"
     def __init__(self, max_shift:int=2, # largest shift in pixels along each axis
                  rng=None): # seed or generator for the offsets; None for the global one
         super().__init__()
         if not (isinstance(max_shift, (int, np.integer)) and max_shift >= 0):
-            raise ValueError(f"RandomShift expected a non-negative integer max_shift, got {max_shift!r}")
+            raise ValueError(f"RandomShift expected a non-negative integer max_shift, "
+                             f"got {max_shift!r}")
         self.max_shift, self.rng = int(max_shift), get_rng(rng)
 
     def config(self): return dict(max_shift=self.max_shift)
@@ -332,9 +398,12 @@ class RandomShift(Layer):
             return x
         N, C, H, W = x.shape
         xp = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))
-        windows = sliding_window_view(xp, (H, W), axis=(2, 3))  # (N, C, 2s+1, 2s+1, H, W), a view: no copies yet
-        self.offsets = to_device(self.rng.integers(0, 2 * s + 1, (2, N)), device_of(x))  # drawn on the CPU: the same on any device
-        return windows[array_module(x).arange(N), :, self.offsets[0], self.offsets[1]]  # (N, C, H, W); window (s, s) is x
+        # (N, C, 2s+1, 2s+1, H, W), a view: no copies yet
+        windows = sliding_window_view(xp, (H, W), axis=(2, 3))
+        # drawn on the CPU: the same on any device
+        self.offsets = to_device(self.rng.integers(0, 2 * s + 1, (2, N)), device_of(x))
+        # (N, C, H, W); window (s, s) is x
+        return windows[array_module(x).arange(N), :, self.offsets[0], self.offsets[1]]
 
     def backward(self, grad):
         if not self.needs_input_grad: return None
@@ -343,7 +412,9 @@ class RandomShift(Layer):
         (N, C, H, W), s = grad.shape, self.max_shift
         gp = array_module(grad).zeros((N, C, H + 2 * s, W + 2 * s), grad.dtype)
         windows = sliding_window_view(gp, (H, W), axis=(2, 3), writeable=True)
-        windows[array_module(grad).arange(N), :, self.offsets[0], self.offsets[1]] = grad  # one window per image: nothing overlaps
+        # one window per image: nothing overlaps
+        windows[array_module(grad).arange(N), :,
+                self.offsets[0], self.offsets[1]] = grad
         return gp[:, :, s:s + H, s:s + W]
 
 # %% ../nbs/06_mnist.ipynb #c06036
@@ -352,54 +423,66 @@ WEIGHT_DECAY = 0.1  # AdamW's λ, chosen on the validation split (see "The full 
 def make_model(name:str='mlp', # 'mlp' or 'lenet'
                lr:float=1e-3, # AdamW's (initial) learning rate
                seed:int=0, # seed for the initial weights and the shifts
-               weight_decay:float=WEIGHT_DECAY, # AdamW's decoupled weight decay λ (0 to switch it off)
-               max_shift:int=1, # RandomShift in front of the net (0 for none: the bare architecture)
-               **net_options, # passed on to the builder, e.g. `norm=` and `dropout=` (layers of chapter 7)
+               weight_decay:float=WEIGHT_DECAY, # decoupled weight decay λ (0 for none)
+               max_shift:int=1, # RandomShift in front of the net (0: none, the bare net)
+               **net_options, # for the builder, e.g. `norm=`, `dropout=` (chapter 7)
               ) -> Model:
     "One of the chapter's networks with softmax cross-entropy and AdamW, ready to `fit`"
-    if name not in MODELS:  # a later chapter's module adds its builder to MODELS when it is imported
-        raise ValueError(f"make_model expected a model name in {sorted(MODELS)}, got {name!r}"
-                         + (" (import tinynn_book.cnn first: chapter 9 adds 'resnet')" if name == 'resnet' else ''))
+    # a later chapter's module adds its builder to MODELS when it is imported
+    if name not in MODELS:
+        raise ValueError(f"make_model expected a model name in {sorted(MODELS)}, "
+                         f"got {name!r}"
+                         + (" (import tinynn_book.cnn first: chapter 9 adds 'resnet')"
+                            if name == 'resnet' else ''))
     rng = get_rng(seed)
     net = MODELS[name](rng=rng, **net_options)
     if max_shift: net = Net([RandomShift(max_shift, rng=rng)] + net.layers)
     return Model(net, SoftmaxCrossEntropy(), AdamW(lr, weight_decay=weight_decay))
 
 # %% ../nbs/06_mnist.ipynb #c06037
-def train_mnist(model:Model, # e.g. from `make_model`; its optimizer's current `lr` is the starting rate
-                data, # (x_train, y_train), or what `load_mnist` returns (its test part is not used)
+def train_mnist(model:Model, # e.g. from `make_model`; starts at its optimizer's `lr`
+                data, # (x_train, y_train) or `load_mnist`'s result (its test part unused)
                 epochs:int, # passes over the training images
                 batch_size:int=128,
-                schedule:str='cosine', # 'cosine': anneal the rate to 0 over the run (eq. 2); 'constant': keep it
+                schedule:str='cosine', # 'cosine' (anneal to 0, eq. 2) or 'constant'
                 seed:int=0, # seed for the shuffling
                 progress:bool=True, # a progress bar per epoch
                 verbose:bool=True, # one line per epoch
-                val_size:int=None, # last training images held out for validation; None: a twelfth; 0: none
+                val_size:int=None, # held out for validation; None: a twelfth; 0: none
                 **fit_options, # more keyword arguments for `Model.fit`
                ):
-    "Fit `model` on the training images but the last `val_size`, evaluated after each epoch; returns the `History`"
-    if schedule not in ('cosine', 'constant'): raise ValueError(f"train_mnist expected schedule 'cosine' or 'constant', got {schedule!r}")
-    x, y = data[0] if isinstance(data[0], tuple) else data  # the test set is for the final number only
+    "Fit `model`; the last `val_size` images validate each epoch; returns the `History`"
+    if schedule not in ('cosine', 'constant'):
+        raise ValueError(f"train_mnist expected schedule 'cosine' or 'constant', "
+                         f"got {schedule!r}")
+    # the test set is for the final number only
+    x, y = data[0] if isinstance(data[0], tuple) else data
     if val_size is None: val_size = len(x) // 12
     if not (isinstance(val_size, (int, np.integer)) and 0 <= val_size < len(x)):
-        raise ValueError(f"train_mnist expected val_size in [0, {len(x)}) (the number of training images), got {val_size!r}")
+        raise ValueError(f"train_mnist expected val_size in [0, {len(x)}) "
+                         f"(the number of training images), got {val_size!r}")
     cut = len(x) - val_size
     validation_data = (x[cut:], y[cut:]) if val_size else None
-    steps_per_epoch = cut // batch_size if fit_options.get('drop_last') else -(-cut // batch_size)
+    steps_per_epoch = (cut // batch_size if fit_options.get('drop_last')
+                       else -(-cut // batch_size))
     total_steps = epochs * steps_per_epoch
-    lr_schedule = cosine_lr(model.optimizer.lr, total_steps) if schedule == 'cosine' else None
-    return model.fit(x[:cut], y[:cut], epochs, batch_size, validation_data=validation_data, seed=seed,
-                     lr_schedule=lr_schedule, progress=progress, verbose=verbose, **fit_options)
+    lr_schedule = (cosine_lr(model.optimizer.lr, total_steps) if schedule == 'cosine'
+                   else None)
+    return model.fit(x[:cut], y[:cut], epochs, batch_size,
+                     validation_data=validation_data, seed=seed, lr_schedule=lr_schedule,
+                     progress=progress, verbose=verbose, **fit_options)
 
 # %% ../nbs/06_mnist.ipynb #c06086
-MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/', 'https://storage.googleapis.com/cvdf-datasets/mnist/']
+MIRRORS = ['https://ossci-datasets.s3.amazonaws.com/mnist/',
+           'https://storage.googleapis.com/cvdf-datasets/mnist/']
 
 def _fetch(url, desc, progress):
     from tqdm import tqdm
     with urllib.request.urlopen(url, timeout=30) as r:
         total = int(r.headers.get('Content-Length') or 0) or None
         chunks = []
-        with tqdm(total=total, unit='B', unit_scale=True, desc=desc, disable=not progress, file=sys.stderr) as bar:
+        with tqdm(total=total, unit='B', unit_scale=True, desc=desc, disable=not progress,
+                  file=sys.stderr) as bar:
             while chunk := r.read(1 << 16):
                 chunks.append(chunk); bar.update(len(chunk))
     return b''.join(chunks)
@@ -408,9 +491,9 @@ def _fetch(url, desc, progress):
 def download_mnist(dest=None, # directory to fill; None for `cache_dir()`
                    mirrors=None, # base URLs to try in turn; None for `MIRRORS`
                    progress:bool=True, # show a progress bar per file
-                   checksums:dict=None, # file name -> SHA-256 of the decompressed bytes; None for `MNIST_FILES`
+                   checksums:dict=None, # name -> SHA-256 (unzipped); None: `MNIST_FILES`
                   ) -> Path:
-    "Download the MNIST files missing from `dest`, checking each against its SHA-256; returns `dest`"
+    "Download the MNIST files `dest` lacks, checking each one's SHA-256; returns `dest`"
     dest, checksums = Path(dest or cache_dir()), checksums or MNIST_FILES
     dest.mkdir(parents=True, exist_ok=True)
     for name, path in find_files(dest).items():
@@ -424,12 +507,17 @@ def download_mnist(dest=None, # directory to fill; None for `cache_dir()`
             try: digest = hashlib.sha256(gunzip(data, url)).hexdigest()
             except ValueError as e: bad.append(str(e)); continue
             if digest != checksums[name]:
-                bad.append(f"{url}: SHA-256 of the decompressed data is {digest}, expected {checksums[name]}"); continue
+                bad.append(f"{url}: SHA-256 of the decompressed data is {digest}, "
+                           f"expected {checksums[name]}"); continue
             tmp = dest/(name + '.gz.part')
             tmp.write_bytes(data)
-            os.replace(tmp, dest/(name + '.gz'))  # atomic: the cache never holds half a file
+            # atomic: the cache never holds half a file
+            os.replace(tmp, dest/(name + '.gz'))
             break
         else:
-            if bad: raise ValueError(f"Downloaded {name} but it failed its check:\n  " + '\n  '.join(bad + failures))
-            raise FileNotFoundError(f"Could not download {name}:\n  " + '\n  '.join(failures))
+            if bad:
+                raise ValueError(f"Downloaded {name} but it failed its check:\n  "
+                                 + '\n  '.join(bad + failures))
+            raise FileNotFoundError(f"Could not download {name}:\n  "
+                                    + '\n  '.join(failures))
     return dest
