@@ -467,3 +467,20 @@ def test_autograd_layers_refuse_other_devices_and_keep_their_arrays():
     assert AutoDense(3, 2, rng=0).to('cpu').params['w'].shape == (3, 2)
     with pytest.raises(TypeError, match="autograd is CPU-only"): Tensor(to_device(np.ones(3), 'standin'))
     with pytest.raises(TypeError, match="autograd is CPU-only"): SiLU()(to_device(np.ones((2, 3)), 'standin'))
+
+
+def test_a_refused_move_leaves_every_layer_where_it_was():
+    "A net whose later layer refuses the device is not left half moved: the layers moved before it come back"
+    from tinynn_book.backend import standin_device
+    from tinynn_book.model import Net
+    from tinynn_book.optim import SGD
+    standin_device()
+    net = Net([Dense(3, 4, rng=0), Net([Dense(4, 4, rng=1)]), AutoDense(4, 2, rng=0)])
+    before = {k: p.copy() for k, p in net.params.items()}
+    with pytest.raises(ValueError, match="autograd layers are CPU-only"): net.to('standin')
+    assert all(type(p) is np.ndarray for p in net.params.values())
+    assert all(type(g) is np.ndarray for layer in net.layers[:1] for g in layer.grads.values())
+    for k, p in net.params.items(): np.testing.assert_array_equal(p, before[k])
+    model = Model(net, SoftmaxCrossEntropy(), SGD(0.1))
+    with pytest.raises(ValueError, match="CPU-only"): model.to('standin')
+    assert model.device == 'cpu' and model.train_step(np.ones((2, 3)), np.array([0, 1])) > 0
