@@ -98,8 +98,9 @@ def read_idx(path, # a raw or gzip-compressed IDX file
                     and dtype.newbyteorder('=') not in [np.dtype(t) for t in dtypes]):
                 kinds = [np.dtype(t).name for t in dtypes]
                 listed = [', '.join(kinds[:-1]), kinds[-1]] if kinds[:-1] else kinds
-                raise ValueError(f"{name}: expected IDX values of type {' or '.join(listed)}"
-                                 f", its header says {dtype.newbyteorder('=').name}")
+                raise ValueError(f"{name}: expected IDX values of type "
+                                 f"{' or '.join(listed)}, its header says "
+                                 f"{dtype.newbyteorder('=').name}")
             nbytes = math.prod(dims) * dtype.itemsize
             if nbytes > room - header:
                 raise ValueError(f"{name}: corrupt or truncated IDX file: its header "
