@@ -6,7 +6,8 @@
 from __future__ import annotations
 import math
 import numpy as np
-from .tensor import Device, _devices, array_module, get_device, get_rng, register_device
+from .tensor import (Device, _devices, array_module, get_device,
+                                get_rng, register_device)
 from .layers import Dense, ReLU
 from .conv import Conv2D, MaxPool2D, Flatten
 from .model import Net
@@ -18,11 +19,11 @@ __all__ = ['CUDA_IM2COL', 'CUDA_COL2IM', 'CUDA_ADAM', 'CUDA_SOURCE', 'KERNEL_NAM
 
 # %% ../nbs/10_gpu.ipynb #797bc1f3
 def _plain(a):
-    "A StandInArray as the numpy array it wraps; a plain numpy array is refused, as CuPy refuses it"
+    "The numpy array a StandInArray wraps; a plain numpy array is refused, as by CuPy"
     if isinstance(a, StandInArray): return a.view(np.ndarray)
     if isinstance(a, np.ndarray):
-        raise TypeError(f"Unsupported type {type(a)}: a numpy array met an array of the stand-in device "
-                        "(CuPy refuses it too: move it with to_device)")
+        raise TypeError(f"Unsupported type {type(a)}: a numpy array met an array of the "
+                        "stand-in device (CuPy refuses it too: move it with to_device)")
     return a
 
 def _plain_all(obj):
@@ -32,7 +33,8 @@ def _plain_all(obj):
     return _plain(obj)
 
 def _standin(obj):
-    "The numpy arrays in a result as StandInArrays (views, not copies); a scalar as a 0-d array, as CuPy returns it"
+    ("The numpy arrays in a result as StandInArrays (views, not copies); a scalar as a "
+     "0-d array, as CuPy returns it")
     if type(obj) is np.ndarray: return obj.view(StandInArray)
     if isinstance(obj, np.generic): return np.asarray(obj).view(StandInArray)
     if isinstance(obj, (tuple, list)): return type(obj)(_standin(a) for a in obj)
@@ -40,9 +42,14 @@ def _standin(obj):
 
 # %% ../nbs/10_gpu.ipynb #93b822b0
 class StandInArray(np.ndarray):
-    "A numpy array playing a GPU array: numpy's functions work on it; mixing it with a plain numpy array is a TypeError"
-    ops = 0    # calls into the array module on the stand-in device so far: about one kernel launch each on a GPU
-    syncs = 0  # values Python read from the device (float(a), if a: ...): on a GPU each one waits for all queued work
+    ("A numpy array playing a GPU array: numpy's functions work on it; mixing it with a "
+     "plain numpy array is a TypeError")
+    # calls into the array module on the stand-in device so far: about one kernel launch
+    # each on a GPU
+    ops = 0
+    # values Python read from the device (float(a), if a: ...): on a GPU each one waits
+    # for all queued work
+    syncs = 0
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         StandInArray.ops += 1
@@ -56,8 +63,10 @@ class StandInArray(np.ndarray):
 
     def __getitem__(self, index):
         index = _plain_all(index)
-        if any(isinstance(i, np.ndarray) for i in (index if isinstance(index, tuple) else (index,))):
-            StandInArray.ops += 1   # a gather; plain slicing is a view and launches nothing
+        if any(isinstance(i, np.ndarray)
+               for i in (index if isinstance(index, tuple) else (index,))):
+            # a gather; plain slicing is a view and launches nothing
+            StandInArray.ops += 1
         return _standin(self.view(np.ndarray)[index])
 
     def __setitem__(self, index, value):
@@ -75,21 +84,24 @@ def _copy(self, *args, **kwargs):
     return np.ndarray.copy(self, *args, **kwargs)
 
 def _read(name):
-    "ndarray's method `name`, counted as a sync: Python needs the value, so the device must have computed it"
+    ("ndarray's method `name`, counted as a sync: Python needs the value, so the device "
+     "must have computed it")
     def read(self, *args):
         StandInArray.syncs += 1
         return getattr(np.ndarray, name)(self, *args)
     return read
 
 StandInArray.astype, StandInArray.copy = _astype, _copy
-for _name in ('__float__', '__int__', '__bool__', '__index__', 'item', 'tolist'): setattr(StandInArray, _name, _read(_name))
+for _name in ('__float__', '__int__', '__bool__', '__index__', 'item', 'tolist'):
+    setattr(StandInArray, _name, _read(_name))
 
 # %% ../nbs/10_gpu.ipynb #24213b3b
 class _StandInModule:
     "The stand-in device's array module: numpy's functions, making StandInArrays"
     def __getattr__(self, name):
         f = getattr(np, name)
-        if not callable(f) or isinstance(f, type): return f   # dtypes and constants are the same everywhere
+        # dtypes and constants are the same everywhere
+        if not callable(f) or isinstance(f, type): return f
         def on_standin(*args, **kwargs):
             StandInArray.ops += 1
             return _standin(f(*_plain_all(args), **_plain_all(kwargs)))
@@ -101,30 +113,40 @@ def _to_host(a):
     StandInArray.syncs += 1
     return np.array(a.view(np.ndarray))
 
-def standin_device(kernels:dict=None, # name -> implementation, as `Device.kernels`; None: no fused kernels
-                  ) -> Device:
-    "The stand-in device 'standin' (numpy underneath), registered on first use; its kernels replaced by `kernels`"
+def standin_device(
+        kernels:dict=None, # name -> kernel, as `Device.kernels`; None: no fused kernels
+        ) -> Device:
+    ("The stand-in device 'standin' (numpy underneath), registered on first use; its "
+     "kernels replaced by `kernels`")
     device = _devices.get('standin')
-    if device is None or device.array_type is not StandInArray:   # a notebook that redefines the class registers anew
-        device = register_device(Device('standin', _StandInModule(), StandInArray,
-                                        from_host=lambda a: np.array(a).view(StandInArray), to_host=_to_host))
+    # a notebook that redefines the class registers anew
+    if device is None or device.array_type is not StandInArray:
+        device = register_device(Device(
+            'standin', _StandInModule(), StandInArray,
+            from_host=lambda a: np.array(a).view(StandInArray), to_host=_to_host))
     device.kernels.clear(); device.kernels.update(kernels or {})
     return device
 
 # %% ../nbs/10_gpu.ipynb #4f82dee8
 def wide_cnn(rng=None, # seed or generator for the initial weights
              dtype=np.float32) -> Net:
-    "The GPU benchmark's CNN for (N, 1, 28, 28): conv 32, conv 32, pool, conv 64, conv 64, pool, Dense 256, Dense 10"
-    rng, conv = get_rng(rng), lambda c_in, c_out: Conv2D(c_in, c_out, 3, padding=1, rng=rng, dtype=dtype)
-    return Net([conv(1, 32), ReLU(), conv(32, 32), ReLU(), MaxPool2D(2), conv(32, 64), ReLU(), conv(64, 64), ReLU(),
-                MaxPool2D(2), Flatten(), Dense(64 * 7 * 7, 256, rng=rng, dtype=dtype), ReLU(), Dense(256, 10, rng=rng, dtype=dtype)])
+    ("The GPU benchmark's CNN for (N, 1, 28, 28): conv 32, conv 32, pool, conv 64, "
+     "conv 64, pool, Dense 256, Dense 10")
+    rng, conv = get_rng(rng), lambda c_in, c_out: Conv2D(c_in, c_out, 3, padding=1,
+                                                         rng=rng, dtype=dtype)
+    return Net([conv(1, 32), ReLU(), conv(32, 32), ReLU(), MaxPool2D(2),
+                conv(32, 64), ReLU(), conv(64, 64), ReLU(), MaxPool2D(2),
+                Flatten(), Dense(64 * 7 * 7, 256, rng=rng, dtype=dtype), ReLU(),
+                Dense(256, 10, rng=rng, dtype=dtype)])
 
 # %% ../nbs/10_gpu.ipynb #f8114885
-def im2col_gather(x, kernel_size, stride, padding): # x (N, C, H, W); sizes as (h, w) pairs
-    "im2col as the GPU kernel computes it: each entry of the columns finds its own pixel, equation (2)"
+def im2col_gather(x, kernel_size, stride,
+                  padding): # x (N, C, H, W); sizes as (h, w) pairs
+    "im2col the GPU kernel's way: each column entry finds its own pixel, equation (2)"
     (kh, kw), (sh, sw), (ph, pw), (N, C, H, W) = kernel_size, stride, padding, x.shape
     OH, OW, xp = (H + 2*ph - kh) // sh + 1, (W + 2*pw - kw) // sw + 1, array_module(x)
-    i = xp.arange(C * kh * kw * N * OH * OW)           # the entry's position in (C, kh, kw, N, OH, OW) order
+    # the entry's position in (C, kh, kw, N, OH, OW) order
+    i = xp.arange(C * kh * kw * N * OH * OW)
     ow, t = i % OW, i // OW
     oh, t = t % OH, t // OH
     n, t = t % N, t // N
@@ -133,38 +155,47 @@ def im2col_gather(x, kernel_size, stride, padding): # x (N, C, H, W); sizes as (
     h, w = oh * sh - ph + ki, ow * sw - pw + kj         # (2), in unpadded coordinates
     inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)    # outside: a padding zero
     source = xp.where(inside, ((n * C + c) * H + h) * W + w, 0)
-    return xp.where(inside, x.reshape(-1)[source], x.dtype.type(0)).reshape(C * kh * kw, N * OH * OW)
+    return (xp.where(inside, x.reshape(-1)[source], x.dtype.type(0))
+            .reshape(C * kh * kw, N * OH * OW))
 
 # %% ../nbs/10_gpu.ipynb #5cb56ad3
-def col2im_gather(cols, x_shape, kernel_size, stride, padding): # cols (C·kh·kw, N·OH·OW); x_shape (N, C, H, W)
-    "col2im as the GPU kernel computes it: each pixel sums the column entries copied from it, in (ki, kj) order"
+def col2im_gather(cols, x_shape, kernel_size, stride,
+                  padding): # cols (C·kh·kw, N·OH·OW); x_shape (N, C, H, W)
+    "col2im the GPU kernel's way: each pixel sums its column entries, in (ki, kj) order"
     (kh, kw), (sh, sw), (ph, pw), (N, C, H, W) = kernel_size, stride, padding, x_shape
     OH, OW, xp = (H + 2*ph - kh) // sh + 1, (W + 2*pw - kw) // sw + 1, array_module(cols)
-    i = xp.arange(N * C * H * W)                       # the pixel's position in (N, C, H, W) order
+    # the pixel's position in (N, C, H, W) order
+    i = xp.arange(N * C * H * W)
     w, t = i % W, i // W
     h, t = t % H, t // H
     c, n = t % C, t // C
     flat, x = cols.reshape(-1), xp.zeros(N * C * H * W, cols.dtype)
     for ki in range(kh):
-        hs = h + ph - ki                               # = oh * sh when this pixel is row ki of window oh
+        # = oh * sh when this pixel is row ki of window oh
+        hs = h + ph - ki
         for kj in range(kw):
             ws = w + pw - kj
-            hit = (hs >= 0) & (hs % sh == 0) & (hs // sh < OH) & (ws >= 0) & (ws % sw == 0) & (ws // sw < OW)
+            hit = ((hs >= 0) & (hs % sh == 0) & (hs // sh < OH)
+                   & (ws >= 0) & (ws % sw == 0) & (ws // sw < OW))
             entry = ((((c * kh + ki) * kw + kj) * N + n) * OH + hs // sh) * OW + ws // sw
             x += xp.where(hit, flat[xp.where(hit, entry, 0)], cols.dtype.type(0))
     return x.reshape(N, C, H, W)
 
 # %% ../nbs/10_gpu.ipynb #93b8aada
 def adam_scalars(opt, t): # an Adam or AdamW; the update's number, from 1
-    "The scalars of (3): (l2, decay, b1, 1 - b1, b2, 1 - b2, step, c2, eps), the fused kernel's arguments"
-    lr, wd, b1, b2 = float(opt.lr), float(opt.weight_decay), float(opt.beta1), float(opt.beta2)
+    "The fused kernel's arguments: (3)'s l2, decay, b1, 1 - b1, b2, 1 - b2, step, c2, eps"
+    lr, wd, b1, b2 = (float(opt.lr), float(opt.weight_decay), float(opt.beta1),
+                      float(opt.beta2))
     l2, decay = (0.0, 1 - lr * wd) if opt.decoupled else (wd, 1.0)
-    return l2, decay, b1, 1 - b1, b2, 1 - b2, lr / (1 - b1**t), math.sqrt(1 - b2**t), float(opt.eps)
+    return (l2, decay, b1, 1 - b1, b2, 1 - b2, lr / (1 - b1**t), math.sqrt(1 - b2**t),
+            float(opt.eps))
 
-def adam_elementwise(g, l2, decay, b1, a1, b2, a2, step, c2, eps, # the gradient; the scalars of (3)
+def adam_elementwise(g, l2, decay, b1, a1, b2, a2, step,
+                     c2, eps, # the gradient; the scalars of (3)
                      p, m, v): # the parameter and its moments, updated in place
     "The fused Adam kernel's arithmetic in numpy, line for line, in the parameter's dtype"
-    l2, decay, b1, a1, b2, a2, step, c2, eps = map(p.dtype.type, (l2, decay, b1, a1, b2, a2, step, c2, eps))
+    l2, decay, b1, a1, b2, a2, step, c2, eps = map(
+        p.dtype.type, (l2, decay, b1, a1, b2, a2, step, c2, eps))
     grad = g + l2 * p
     q = p * decay
     m[...] = b1 * m + a1 * grad
@@ -172,7 +203,8 @@ def adam_elementwise(g, l2, decay, b1, a1, b2, a2, step, c2, eps, # the gradient
     p[...] = q - step * (m / (np.sqrt(v) / c2 + eps))
 
 def fused_adam(elementwise): # adam_elementwise, or the GPU kernel's launcher
-    "An `update(opt, p, g, state)` for `Device.kernels['adam']`: chapter 4's state, the arithmetic in one call"
+    ("An `update(opt, p, g, state)` for `Device.kernels['adam']`: chapter 4's state, the "
+     "arithmetic in one call")
     def update(opt, p, g, state):
         if not state: state.update(t=0, m=np.zeros_like(p), v=np.zeros_like(p))
         state['t'] += 1
@@ -189,7 +221,7 @@ def _one_launch(f):
     return launch
 
 def twin_kernels() -> dict:
-    "The numpy twins under the GPU kernels' names, each counted as one launch: the fused path, run on a CPU"
+    "Numpy twins under the GPU kernels' names, one launch each: the fused path on a CPU"
     return {'im2col': _one_launch(im2col_gather), 'col2im': _one_launch(col2im_gather),
             'adam': fused_adam(_one_launch(adam_elementwise))}
 
@@ -253,22 +285,30 @@ __global__ void adam(T* p, T* m, T* v, const T* g, T l2, T decay, T b1, T a1, T 
 """
 CUDA_SOURCE = CUDA_IM2COL + CUDA_COL2IM + CUDA_ADAM   # one module: compiled once
 _CTYPES = {np.dtype(np.float32): 'float', np.dtype(np.float64): 'double'}
-KERNEL_NAMES = [f'{k}<{t}>' for k in ('im2col', 'col2im', 'adam') for t in _CTYPES.values()]
+KERNEL_NAMES = [f'{k}<{t}>' for k in ('im2col', 'col2im', 'adam')
+                for t in _CTYPES.values()]
 
 # %% ../nbs/10_gpu.ipynb #9ba6ced5
 def gpu_kernels() -> dict:
-    "The GPU's fused kernels under the names the chapters ask for, compiled from CUDA_SOURCE by CuPy"
+    "The GPU's fused kernels under the chapters' names, compiled from CUDA_SOURCE by CuPy"
     import cupy
-    module = cupy.RawModule(code=CUDA_SOURCE, options=('--std=c++14',), name_expressions=KERNEL_NAMES)
+    module = cupy.RawModule(code=CUDA_SOURCE, options=('--std=c++14',),
+                            name_expressions=KERNEL_NAMES)
     def launch(name, dtype, size, *args):
-        if dtype not in _CTYPES: raise TypeError(f"the GPU kernel {name} takes float32 or float64, got {dtype}")
-        module.get_function(f'{name}<{_CTYPES[dtype]}>')(((size + 255) // 256,), (256,), (*args, np.int64(size)))
+        if dtype not in _CTYPES:
+            raise TypeError(f"the GPU kernel {name} takes float32 or float64, "
+                            f"got {dtype}")
+        module.get_function(f'{name}<{_CTYPES[dtype]}>')(((size + 255) // 256,), (256,),
+                                                         (*args, np.int64(size)))
     def geometry(x_shape, kernel_size, stride, padding):
         (kh, kw), (sh, sw), (ph, pw), (N, C, H, W) = kernel_size, stride, padding, x_shape
-        return (N, C, H, W, kh, kw, sh, sw, ph, pw, (H + 2*ph - kh) // sh + 1, (W + 2*pw - kw) // sw + 1)
+        return (N, C, H, W, kh, kw, sh, sw, ph, pw,
+                (H + 2*ph - kh) // sh + 1, (W + 2*pw - kw) // sw + 1)
     def im2col(x, kernel_size, stride, padding):
-        N, C, H, W, kh, kw, *_, OH, OW = g = geometry(x.shape, kernel_size, stride, padding)
-        x, cols = cupy.ascontiguousarray(x), cupy.empty((C * kh * kw, N * OH * OW), x.dtype)
+        N, C, H, W, kh, kw, *_, OH, OW = g = geometry(
+            x.shape, kernel_size, stride, padding)
+        x, cols = (cupy.ascontiguousarray(x),
+                   cupy.empty((C * kh * kw, N * OH * OW), x.dtype))
         launch('im2col', x.dtype, cols.size, x, cols, *map(np.int32, g))
         return cols
     def col2im(cols, x_shape, kernel_size, stride, padding):
@@ -278,13 +318,15 @@ def gpu_kernels() -> dict:
         return x
     def adam(g, *scalars_p_m_v):
         *scalars, p, m, v = scalars_p_m_v
-        assert p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous  # the kernel indexes them flat
-        launch('adam', p.dtype, p.size, p, m, v, cupy.ascontiguousarray(g), *map(p.dtype.type, scalars))
+        # the kernel indexes them flat
+        assert p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
+        launch('adam', p.dtype, p.size, p, m, v, cupy.ascontiguousarray(g),
+               *map(p.dtype.type, scalars))
     return {'im2col': im2col, 'col2im': col2im, 'adam': fused_adam(adam)}
 
 # %% ../nbs/10_gpu.ipynb #c5b5d4e4
 def synchronize(device='cpu'): # a device name
-    "Wait until the device has finished its queued work: GPU kernels run asynchronously, so timings must wait"
+    "Wait for the device's queued work: GPU kernels are asynchronous; timings must wait"
     if get_device(device).name == 'gpu':
         import cupy
         cupy.cuda.get_current_stream().synchronize()

@@ -20,11 +20,12 @@ __all__ = ['RESNET_RECIPE', 'receptive_field', 'vgg_block', 'GlobalAvgPool2D', '
            'profile_layers', 'channel_sum', 'FastBatchNorm2d']
 
 # %% ../nbs/09_modern_cnn.ipynb #5fcada93
-def receptive_field(layers): # Conv2D and pooling layers, input side first; layers without a kernel_size are skipped
-    "`(r, j)` of equation (1): the side of the input square one output pixel sees, and the input distance between outputs"
+def receptive_field(layers): # Conv2D and pooling layers, input side first; others skipped
+    "`(r, j)` of equation (1): receptive field side r, input distance j between outputs"
     r, j = 1, 1
     for layer in layers:
-        if not hasattr(layer, 'kernel_size'): continue  # ReLU, BatchNorm, ...: one pixel in, one pixel out
+        # ReLU, BatchNorm, ...: one pixel in, one pixel out
+        if not hasattr(layer, 'kernel_size'): continue
         (k, _), (s, _) = layer.kernel_size, layer.stride
         r, j = r + (k - 1) * j, j * s
     return r, j
@@ -32,16 +33,18 @@ def receptive_field(layers): # Conv2D and pooling layers, input side first; laye
 # %% ../nbs/09_modern_cnn.ipynb #ff0bcccb
 def vgg_block(num_convs:int, # 3×3 convolutions in the block
               in_channels:int, out_channels:int,
-              norm=None, # callable num_channels -> Layer after each convolution (e.g. BatchNorm2d), or None
+              norm=None, # channels -> a Layer after each conv, e.g. BatchNorm2d; or None
               rng=None, # seed or generator for the weights
               dtype=DEFAULT_DTYPE,
              ) -> Net:
-    "`num_convs` × (3×3 convolution with padding 1 [, norm], ReLU), then 2×2 max pooling: the size halves"
-    for name, n in (('num_convs', num_convs), ('in_channels', in_channels), ('out_channels', out_channels)):
+    "`num_convs` × (3×3 conv, padding 1 [, norm], ReLU), then 2×2 max pool: half the size"
+    for name, n in (('num_convs', num_convs), ('in_channels', in_channels),
+                    ('out_channels', out_channels)):
         check_arg(n, name, 'vgg_block')   # num_convs=0 would return a lone pooling layer
     rng, layers = get_rng(rng), []
     for i in range(num_convs):
-        layers.append(Conv2D(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, rng=rng, dtype=dtype))
+        layers.append(Conv2D(in_channels if i == 0 else out_channels, out_channels, 3,
+                             padding=1, rng=rng, dtype=dtype))
         layers += ([norm(out_channels).astype(dtype)] if norm else []) + [ReLU()]
     return Net(layers + [MaxPool2D(2)])
 
@@ -50,36 +53,45 @@ class GlobalAvgPool2D(Layer):
     "(N, C, H, W) to (N, C): the mean of each feature map, equation (3)"
     def forward(self, x):
         x = check_input(x, ('N', 'C', 'H', 'W'), repr(self))
-        if x.shape[2] == 0 or x.shape[3] == 0:   # the mean of no values is NaN, never an answer
-            raise ValueError(f"{self!r} expected feature maps of at least 1×1, got input of shape {x.shape}")
+        # the mean of no values is NaN, never an answer
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"{self!r} expected feature maps of at least 1×1, "
+                             f"got input of shape {x.shape}")
         self.x_shape = x.shape
         return x.mean(axis=(2, 3))
 
     def backward(self, grad):
         N, C, H, W = self.x_shape
         grad = check_input(grad, (N, C), f'{self!r}.backward')
-        return np.broadcast_to(grad[:, :, None, None] / (H * W), self.x_shape).copy()  # a writable array of its own
+        # a writable array of its own
+        return np.broadcast_to(grad[:, :, None, None] / (H * W), self.x_shape).copy()
 
 # %% ../nbs/09_modern_cnn.ipynb #e229e185
 class Residual(Net):
-    "y = block(x) + shortcut(x), equation (4); the shortcut is the identity when None. Its layers are the branches"
-    def __init__(self, block:Layer, # F: any Layer or Net whose output shape the shortcut's matches
-                 shortcut:Layer=None): # S: None for the identity, else e.g. a 1×1 Conv2D (and BatchNorm) that reshapes x
+    "y = block(x) + shortcut(x), eq. (4); identity shortcut if None; layers: the branches"
+    def __init__(
+        self, block:Layer, # F: any Layer or Net whose output shape the shortcut's matches
+        shortcut:Layer=None): # S: None: identity; or 1×1 Conv2D (+BatchNorm) to reshape x
         super().__init__([block] if shortcut is None else [block, shortcut])
     block = property(lambda self: self.layers[0])
     shortcut = property(lambda self: self.layers[1] if len(self.layers) == 2 else None)
 
     def forward(self, x):
-        y, s = self.block.forward(x), x if self.shortcut is None else self.shortcut.forward(x)
+        y, s = (self.block.forward(x),
+                x if self.shortcut is None else self.shortcut.forward(x))
         if y.shape != s.shape:
-            raise ValueError(f"Residual expected its block and shortcut to give the same shape, got {y.shape} from the block "
-                             f"and {s.shape} from the {'identity' if self.shortcut is None else 'shortcut'}, for input {x.shape}")
+            raise ValueError(
+                f"Residual expected its block and shortcut to give the same shape, got "
+                f"{y.shape} from the block and {s.shape} from the "
+                f"{'identity' if self.shortcut is None else 'shortcut'}, "
+                f"for input {x.shape}")
         return y + s
 
-    def backward(self, grad):                                               # (5): each branch, then the sum
+    def backward(self, grad):   # (5): each branch, then the sum
         grad_block = self.block.backward(grad)
         grad_shortcut = grad if self.shortcut is None else self.shortcut.backward(grad)
-        return None if grad_block is None or grad_shortcut is None else grad_block + grad_shortcut
+        return (None if grad_block is None or grad_shortcut is None
+                else grad_block + grad_shortcut)
 
 # %% ../nbs/09_modern_cnn.ipynb #234fbc1f
 def residual_block(in_channels:int, out_channels:int,
@@ -88,51 +100,69 @@ def residual_block(in_channels:int, out_channels:int,
                    rng=None, # seed or generator for the weights
                    dtype=DEFAULT_DTYPE,
                   ) -> Residual:
-    "conv 3×3 (stride), norm, ReLU, conv 3×3, norm; plus the input, through a 1×1 conv and norm when the shape changes"
+    "3×3 conv (stride), norm, ReLU, 3×3 conv, norm; plus x (1×1 conv + norm if reshaped)"
     rng = get_rng(rng)
-    conv = lambda c_in, k, s: Conv2D(c_in, out_channels, k, s, k // 2, rng=rng, dtype=dtype)
+    conv = lambda c_in, k, s: Conv2D(c_in, out_channels, k, s, k // 2,
+                                     rng=rng, dtype=dtype)
     block = Net([conv(in_channels, 3, stride), norm(out_channels).astype(dtype), ReLU(),
                  conv(out_channels, 3, 1), norm(out_channels).astype(dtype)])
     reshapes = stride != 1 or in_channels != out_channels
-    return Residual(block, Net([conv(in_channels, 1, stride), norm(out_channels).astype(dtype)]) if reshapes else None)
+    return Residual(block, Net([conv(in_channels, 1, stride),
+                                norm(out_channels).astype(dtype)]) if reshapes else None)
 
 # %% ../nbs/09_modern_cnn.ipynb #fde213c4
 def resnet(rng=None, # seed or generator for the initial weights; None for the global one
            dtype=DEFAULT_DTYPE, # parameter dtype
-           widths=(24, 48, 96), # channels of each stage; every stage after the first halves the size
-           norm=None, # callable num_channels -> normalisation Layer; None: `FastBatchNorm2d` (below)
+           widths=(24, 48, 96), # channels per stage; each after the first halves the size
+           norm=None, # num_channels -> normalising Layer; None: `FastBatchNorm2d` (below)
            num_classes:int=10,
           ) -> Net:
-    "A small ResNet for (N, 1, 28, 28) images: 3×3 stem and 2×2 pooling, one residual block per stage, global average pooling, Dense"
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, '__len__') or len(widths) == 0:
-        raise ValueError(f"resnet expected widths to be a non-empty sequence of channel counts, got {widths!r}")
+    ("A small ResNet for (N, 1, 28, 28) images: 3×3 stem and 2×2 pooling, one residual "
+     "block per stage, global average pooling, Dense")
+    if (isinstance(widths, (str, bytes)) or not hasattr(widths, '__len__')
+            or len(widths) == 0):
+        raise ValueError(f"resnet expected widths to be a non-empty sequence of channel "
+                         f"counts, got {widths!r}")
     widths = tuple(check_arg(w, 'every width', 'resnet') for w in widths)
     rng, norm = get_rng(rng), norm or FastBatchNorm2d
-    layers = [Conv2D(1, widths[0], 3, padding=1, rng=rng, dtype=dtype), norm(widths[0]).astype(dtype), ReLU(), MaxPool2D(2)]
+    layers = [Conv2D(1, widths[0], 3, padding=1, rng=rng, dtype=dtype),
+              norm(widths[0]).astype(dtype), ReLU(), MaxPool2D(2)]
     for i, (c_in, c_out) in enumerate(zip((widths[0],) + tuple(widths[:-1]), widths)):
-        layers += [residual_block(c_in, c_out, 1 if i == 0 else 2, norm, rng, dtype), ReLU()]
-    return Net(layers + [GlobalAvgPool2D(), Dense(widths[-1], num_classes, rng=rng, dtype=dtype)])
+        layers += [residual_block(c_in, c_out, 1 if i == 0 else 2, norm, rng, dtype),
+                   ReLU()]
+    return Net(layers + [GlobalAvgPool2D(),
+                         Dense(widths[-1], num_classes, rng=rng, dtype=dtype)])
 
-mnist.MODELS['resnet'] = resnet  # chapter 6's make_model (and the command) can now build it, without chapter 6 importing this one
+# chapter 6's make_model (and the command) can now build it,
+# without chapter 6 importing this one
+mnist.MODELS['resnet'] = resnet
 
 # %% ../nbs/09_modern_cnn.ipynb #44cfa3ff
-RESNET_RECIPE = dict(lr=2e-3, weight_decay=0.05, max_shift=2)  # AdamW's rate and decay, random shifts: chosen on the validation split
+# AdamW's rate and decay, random shifts: chosen on the validation split
+RESNET_RECIPE = dict(lr=2e-3, weight_decay=0.05, max_shift=2)
 
 # %% ../nbs/09_modern_cnn.ipynb #f2c8bec5
-def profile_layers(model, # a Model; its training steps are timed and then continue as usual
+def profile_layers(model, # a Model; its training steps are timed, then continue as usual
                    x, y, # one batch and its labels
                    steps:int=5, # training steps timed, after one warm-up step
                   ) -> dict:
-    "Seconds per training step in each kind of layer, `{(class name, 'forward' or 'backward'): s}`, plus `('other', '')`"
-    steps = check_arg(steps, 'steps', 'profile_layers')   # 0 would divide by zero, -1 give a negative time
+    ("Seconds per training step in each kind of layer, "
+     "`{(class name, 'forward' or 'backward'): s}`, plus `('other', '')`")
+    # 0 would divide by zero, -1 give a negative time
+    steps = check_arg(steps, 'steps', 'profile_layers')
     times, patched = defaultdict(float), []
-    def leaves(layer): return [leaf for sub in layer.layers for leaf in leaves(sub)] if isinstance(layer, Net) else [layer]
-    for layer in dict.fromkeys(leaves(model.net)):   # each object once: patching one twice would break the cleanup
+    def leaves(layer): return ([leaf for sub in layer.layers for leaf in leaves(sub)]
+                               if isinstance(layer, Net) else [layer])
+    # each object once: patching one twice would break the cleanup
+    for layer in dict.fromkeys(leaves(model.net)):
         for kind in ('forward', 'backward'):
-            def timed(*args, method=getattr(layer, kind), key=(type(layer).__name__, kind)):
-                t0 = time.perf_counter(); out = method(*args); times[key] += time.perf_counter() - t0
+            def timed(*args, method=getattr(layer, kind),
+                      key=(type(layer).__name__, kind)):
+                t0 = time.perf_counter(); out = method(*args)
+                times[key] += time.perf_counter() - t0
                 return out
-            setattr(layer, kind, timed); patched.append((layer, kind))  # an instance attribute hides the method
+            # an instance attribute hides the method
+            setattr(layer, kind, timed); patched.append((layer, kind))
     try:
         model.train_step(x, y)  # the first step allocates the optimizer's state
         times.clear(); t0 = time.perf_counter()
@@ -145,23 +175,28 @@ def profile_layers(model, # a Model; its training steps are timed and then conti
 
 # %% ../nbs/09_modern_cnn.ipynb #9bf3a753
 def channel_sum(a, b=None): # (N, C, H, W) arrays
-    "Σ over N, H and W of `a` (or of a·b), one value per channel, without a temporary array"
+    "Σ over N, H, W of `a` (or of a·b), one value per channel, without a temporary array"
     return np.einsum('nchw->c', a) if b is None else np.einsum('nchw,nchw->c', a, b)
 
 class FastBatchNorm2d(BatchNorm2d):
-    "BatchNorm2d computed with equations (7) and (8): the same results in fewer passes over memory"
-    param_shapes = BatchNorm2d.param_shapes   # checkpoints check the shapes before building, as for BatchNorm2d
+    "BatchNorm2d by equations (7) and (8): the same results in fewer passes over memory"
+    # checkpoints check the shapes before building, as for BatchNorm2d
+    param_shapes = BatchNorm2d.param_shapes
     def forward(self, x):
         x = check_input(x, self.spec, repr(self), self.params['gamma'].dtype)
         self.batch_stats, m = self.training, x.size // self.num_features
         if self.training:
-            if m < 2: raise ValueError(f"{self!r} in training mode needs more than one value per channel to compute batch "
-                                       f"statistics, got input of shape {x.shape}; use a larger batch, or evaluation mode")
+            if m < 2: raise ValueError(
+                f"{self!r} in training mode needs more than one value per channel to "
+                f"compute batch statistics, got input of shape {x.shape}; "
+                f"use a larger batch, or evaluation mode")
             mean = channel_sum(x) / m
             self.xbar = x - mean[:, None, None]
             var = channel_sum(self.xbar, self.xbar) / m
-            self.running_mean[...] = (1 - self.momentum) * self.running_mean + self.momentum * mean
-            self.running_var[...] = (1 - self.momentum) * self.running_var + self.momentum * var * (m / (m - 1))
+            self.running_mean[...] = ((1 - self.momentum) * self.running_mean
+                                      + self.momentum * mean)
+            self.running_var[...] = ((1 - self.momentum) * self.running_var
+                                     + self.momentum * var * (m / (m - 1)))
         else: self.xbar, var = x - self.running_mean[:, None, None], self.running_var
         self.s = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
         y = self.xbar * (self.params['gamma'] * self.s)[:, None, None]   # (7)
@@ -175,10 +210,11 @@ def backward(self:FastBatchNorm2d, grad):
     grad = check_input(grad, self.xbar.shape, f'{self!r}.backward', self.xbar.dtype)
     s, m = self.s, grad.size // self.num_features
     a = self.params['gamma'] * s
-    self.grads['beta'], self.grads['gamma'] = channel_sum(grad), channel_sum(grad, self.xbar) * s
+    self.grads['beta'], self.grads['gamma'] = (channel_sum(grad),
+                                               channel_sum(grad, self.xbar) * s)
     if not self.needs_input_grad: return None
     dx = grad * a[:, None, None]
-    if not self.batch_stats: return dx                     # evaluation: a fixed affine map
+    if not self.batch_stats: return dx   # evaluation: a fixed affine map
     dx -= (a * s * self.grads['gamma'] / m)[:, None, None] * self.xbar   # (8)
     dx -= (a * self.grads['beta'] / m)[:, None, None]
     return dx
@@ -187,12 +223,14 @@ def backward(self:FastBatchNorm2d, grad):
 @patch
 def config(self:Residual):
     "The two branches' descriptions, so a checkpoint can rebuild the block"
-    return {'block': describe(self.block), 'shortcut': None if self.shortcut is None else describe(self.shortcut)}
+    return {'block': describe(self.block),
+            'shortcut': None if self.shortcut is None else describe(self.shortcut)}
 
 @patch(cls_method=True)
 def from_config(cls:Residual, config):
     "The block a `config()` describes, each branch rebuilt by `rebuild`"
-    return cls(rebuild(Layer, config['block']), None if config['shortcut'] is None else rebuild(Layer, config['shortcut']))
+    return cls(rebuild(Layer, config['block']),
+               None if config['shortcut'] is None else rebuild(Layer, config['shortcut']))
 
 @patch
 def __repr__(self:Residual):
@@ -203,6 +241,8 @@ def __repr__(self:Residual):
 # %% ../nbs/09_modern_cnn.ipynb #3c422339
 def _residual_needs_input_grad(self): return self.block.needs_input_grad
 def _set_residual_needs_input_grad(self, value):
-    for branch in self.layers: branch.needs_input_grad = value   # both branches skip the input's gradient, or neither
-Residual.needs_input_grad = property(_residual_needs_input_grad, _set_residual_needs_input_grad,
-                                     doc="Whether `backward` returns the input's gradient; setting it sets both branches")
+    # both branches skip the input's gradient, or neither
+    for branch in self.layers: branch.needs_input_grad = value
+Residual.needs_input_grad = property(
+    _residual_needs_input_grad, _set_residual_needs_input_grad,
+    doc="Whether `backward` returns the input's gradient; setting it sets both branches")
