@@ -81,6 +81,15 @@ def _read_into(f, out):
 # %% ../nbs/06_mnist.ipynb #c06009b
 _GZIP_MAX_RATIO = 1032  # deflate's limit: a gzip stream inflates at most about 1032-fold
 
+def _check_idx_dtype(dtype, dtypes, name):
+    "A ValueError naming the file unless its values are of one of `dtypes` (None: any)"
+    if dtypes is None or dtype.newbyteorder('=') in [np.dtype(t) for t in dtypes]: return
+    kinds = [np.dtype(t).name for t in dtypes]
+    listed = [', '.join(kinds[:-1]), kinds[-1]] if kinds[:-1] else kinds
+    raise ValueError(f"{name}: expected IDX values of type {' or '.join(listed)}, "
+                     f"its header says {dtype.newbyteorder('=').name}")
+
+# %% ../nbs/06_mnist.ipynb #76f53e36
 def read_idx(path, # a raw or gzip-compressed IDX file
              dtypes=None, # value types to accept, e.g. (np.uint8,); None for any IDX type
             ) -> np.ndarray:
@@ -94,13 +103,7 @@ def read_idx(path, # a raw or gzip-compressed IDX file
         try:
             head = f.read(4); head += f.read(4 * head[3]) if len(head) == 4 else b''
             dims, dtype, header = _idx_header(head, name)
-            if (dtypes is not None
-                    and dtype.newbyteorder('=') not in [np.dtype(t) for t in dtypes]):
-                kinds = [np.dtype(t).name for t in dtypes]
-                listed = [', '.join(kinds[:-1]), kinds[-1]] if kinds[:-1] else kinds
-                raise ValueError(f"{name}: expected IDX values of type "
-                                 f"{' or '.join(listed)}, its header says "
-                                 f"{dtype.newbyteorder('=').name}")
+            _check_idx_dtype(dtype, dtypes, name)
             nbytes = math.prod(dims) * dtype.itemsize
             if nbytes > room - header:
                 raise ValueError(f"{name}: corrupt or truncated IDX file: its header "

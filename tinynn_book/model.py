@@ -143,7 +143,14 @@ def _check_device(layer, x):
 @patch
 def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
     "Move every layer's parameters, gradients and state to `device`, in place; returns self"
-    for layer in self.layers: layer.to(device)
+    moved = []  # all or nothing: if a layer refuses, the layers before it go back
+    try:
+        for layer in self.layers:
+            was = next((device_of(p) for p in layer.params.values()), 'cpu')
+            layer.to(device); moved.append((layer, was))
+    except Exception:
+        for layer, was in reversed(moved): layer.to(was)
+        raise
     return self
 
 # %% ../nbs/05_model.ipynb #5ede1f44
