@@ -247,12 +247,8 @@ def test_uneven_batches_and_a_rank_without_examples(tmp_path):
     assert max_diff(one, Model.load(out)) < 1e-12
 
 
-@needs_mpi
-def test_an_exception_inside_with_aborts_the_job(tmp_path):
-    "What the command does (train_mnist inside `with dp:`): rank 1's exception ends both ranks, with the reason"
-    script = tmp_path / 'with.py'
-    script.write_text(textwrap.dedent('''
-        import numpy as np
+# The start of a 2-rank job script: a float64 MLP on 64 random images, wrapped for data-parallel training as `dp`
+MLP_JOB = textwrap.dedent('''
         from tinynn_book.parallel import data_parallel
         from tinynn_book.model import Model
         from tinynn_book.losses import SoftmaxCrossEntropy
@@ -262,6 +258,14 @@ def test_an_exception_inside_with_aborts_the_job(tmp_path):
         x, y = rng.random((64, 1, 28, 28)), rng.integers(0, 10, 64)
         model = Model(mlp(rng=0, dtype=np.float64), SoftmaxCrossEntropy(), Adam())
         dp = data_parallel(model)
+''')
+
+
+@needs_mpi
+def test_an_exception_inside_with_aborts_the_job(tmp_path):
+    "What the command does (train_mnist inside `with dp:`): rank 1's exception ends both ranks, with the reason"
+    script = tmp_path / 'with.py'
+    script.write_text('import numpy as np\n' + MLP_JOB + textwrap.dedent('''
         with dp:
             model.fit(x, y, 1, batch_size=16, progress=False, verbose=False)
             if dp.rank == 1: raise OSError("cannot write the plot on rank 1")
@@ -276,17 +280,7 @@ def test_an_exception_inside_with_aborts_the_job(tmp_path):
 def test_a_signal_after_the_last_step_stops_every_rank_when_with_ends(tmp_path):
     "SIGTERM to rank 1 after the last step (here: in the evaluation that follows) is not dropped, nor only rank 1's"
     script = tmp_path / 'late.py'
-    script.write_text(textwrap.dedent('''
-        import os, signal, numpy as np
-        from tinynn_book.parallel import data_parallel
-        from tinynn_book.model import Model
-        from tinynn_book.losses import SoftmaxCrossEntropy
-        from tinynn_book.optim import Adam
-        from tinynn_book.mnist import mlp
-        rng = np.random.default_rng(0)
-        x, y = rng.random((64, 1, 28, 28)), rng.integers(0, 10, 64)
-        model = Model(mlp(rng=0, dtype=np.float64), SoftmaxCrossEntropy(), Adam())
-        dp = data_parallel(model)
+    script.write_text('import os, signal, numpy as np\n' + MLP_JOB + textwrap.dedent('''
         try:
             with dp:
                 model.fit(x, y, 1, batch_size=16, progress=False, verbose=False)
