@@ -231,36 +231,45 @@ class _Pool2D(Layer):
 
 # %% ../nbs/03_conv.ipynb #6d00fefe
 class MaxPool2D(_Pool2D):
-    "Max over each window; the gradient goes to the first maximum in row-major window order (as in PyTorch)"
+    ("Max over each window; the gradient goes to the first maximum "
+     "in row-major window order (as in PyTorch)")
     def forward(self, x):
         self.xp, s = self._setup(x, -np.inf), self.slices
-        self.y = np.maximum(self.xp[s[0]], self.xp[s[1]]) if len(s) > 1 else self.xp[s[0]].copy()
+        self.y = (np.maximum(self.xp[s[0]], self.xp[s[1]]) if len(s) > 1
+                  else self.xp[s[0]].copy())
         for window_entry in s[2:]: np.maximum(self.y, self.xp[window_entry], out=self.y)
-        return self.y   # cached for backward, not copied: no layer modifies its input in place
+        # cached for backward, not copied: no layer modifies its input in place
+        return self.y
 
 # %% ../nbs/03_conv.ipynb #9d5e5c76
 @patch
 def backward(self:MaxPool2D, grad):
     "Route each window's gradient to its first maximum, equation (6)"
-    grad, xp, y, overlapping = self._check_grad(grad), self.xp, self.y, self._overlapping()
-    if self.padding != (0, 0): self._fill_padding(xp, np.nan)   # NaN equals nothing: padding never wins, even against -inf
+    grad, xp, y, overlapping = (self._check_grad(grad), self.xp, self.y,
+                                self._overlapping())
+    # NaN equals nothing: padding never wins, even against -inf
+    if self.padding != (0, 0): self._fill_padding(xp, np.nan)
     # windows that tile the input exactly write every element of dxp below
-    tiles = self.stride == self.kernel_size and xp.shape[2:] == tuple(o*k for o, k in zip(y.shape[2:], self.kernel_size))
-    dxp = (array_module(grad).empty if tiles else array_module(grad).zeros)(xp.shape, grad.dtype)
+    tiles = self.stride == self.kernel_size and xp.shape[2:] == tuple(
+        o*k for o, k in zip(y.shape[2:], self.kernel_size))
+    dxp = (array_module(grad).empty if tiles
+           else array_module(grad).zeros)(xp.shape, grad.dtype)
     for k, s in enumerate(self.slices):
         if k == 0: is_max = taken = xp[s] == y
         elif k < len(self.slices) - 1:
             is_max = xp[s] == y
-            is_max &= ~taken      # an earlier offset already holds this window's maximum
+            is_max &= ~taken  # an earlier offset already holds this window's maximum
             taken |= is_max
-        else: is_max = ~taken     # the last offset: every window whose maximum was not found earlier
+        else:  # the last offset: every window whose maximum was not found earlier
+            is_max = ~taken
         if overlapping: dxp[s] += grad * is_max
         else: np.multiply(grad, is_max, out=dxp[s])
     return self._unpad(dxp)
 
 # %% ../nbs/03_conv.ipynb #a7bc16c6
 class AvgPool2D(_Pool2D):
-    "Mean over each window; zero padding counts towards the mean (PyTorch's count_include_pad=True)"
+    ("Mean over each window; zero padding counts towards the mean "
+     "(PyTorch's count_include_pad=True)")
     def forward(self, x):
         xp = self._setup(x, 0)
         self.xp_shape = xp.shape
@@ -281,9 +290,12 @@ class Flatten(Layer):
     "(N, ...) to (N, prod(...)): a view; backward restores the input's shape"
     def forward(self, x):
         x = array_module(x).asarray(x)
-        if x.ndim < 2: raise ValueError(f"{self!r} expected input of shape (N, ...) with at least 2 dimensions, got {x.shape}")
+        if x.ndim < 2:
+            raise ValueError(f"{self!r} expected input of shape (N, ...) "
+                             f"with at least 2 dimensions, got {x.shape}")
         self.x_shape = x.shape
         return x.reshape(len(x), -1)
     def backward(self, grad):
-        grad = check_input(grad, (self.x_shape[0], int(np.prod(self.x_shape[1:]))), f'{self!r}.backward')
+        grad = check_input(grad, (self.x_shape[0], int(np.prod(self.x_shape[1:]))),
+                           f'{self!r}.backward')
         return grad.reshape(self.x_shape)
