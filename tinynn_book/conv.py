@@ -77,8 +77,7 @@ def im2col(x,           # (N, C, H, W)
     else: xp = x.transpose(1, 0, 2, 3)  # a view: the column shift below does the copy
     cols = array_module(x).empty((C, kh, kw, N, OH, OW), x.dtype)
     for j in range(kw):
-        # shift the columns once, so that every row offset below copies long
-        # contiguous runs
+        # shift the columns once, so every row offset below copies long contiguous runs
         xs = array_module(x).ascontiguousarray(xp[:, :, :, j:j + sw*(OW - 1) + 1:sw])
         for i in range(kh): cols[:, i, j] = xs[:, :, i:i + sh*(OH - 1) + 1:sh]
     return cols.reshape(C*kh*kw, N*OH*OW)
@@ -117,7 +116,8 @@ class Conv2D(Layer):
         self.x_shape, self.cols = x.shape, cols if self.training else None
         y = (w.reshape(F, -1) @ cols).reshape(F, N, OH, OW)
         out = array_module(y).empty((N, F, OH, OW), y.dtype)
-        np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=out)  # bias, NCHW: one pass
+        # bias and NCHW in one pass
+        np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=out)
         return out
 
 # %% ../nbs/03_conv.ipynb #fc0c8f0b
