@@ -6,7 +6,8 @@
 from __future__ import annotations
 import numpy as np
 from fastcore.basics import patch
-from .tensor import DEFAULT_DTYPE, array_module, check_input, he_uniform, kernel_for, zeros
+from .tensor import (DEFAULT_DTYPE, array_module, check_input, he_uniform,
+                                kernel_for, zeros)
 from .layers import Layer, check_arg
 
 # %% auto #0
@@ -17,32 +18,43 @@ def conv_output_size(hw,          # (H, W) of the input
                      kernel_size, # int or (kh, kw)
                      stride=1,    # int or (sh, sw)
                      padding=0):  # int or (ph, pw): zeros added on each side
-    "`(OH, OW)`, the number of window positions along each axis, equation (2); ≤ 0 when the kernel does not fit"
-    (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding, 'conv_output_size')
+    ("`(OH, OW)`, the number of window positions along each axis, equation (2); "
+     "≤ 0 when the kernel does not fit")
+    (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding,
+                                                    'conv_output_size')
     H, W = hw
     return (H + 2*ph - kh) // sh + 1, (W + 2*pw - kw) // sw + 1
 
 # %% ../nbs/03_conv.ipynb #061a1966
 def _pair(v, name, who, minimum):
     "`(a, a)` from an int, `(a, b)` from a pair; each must be an int ≥ `minimum`"
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else (v,)
-    if len(pair) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= minimum for n in pair):
-        raise ValueError(f"{who} expected {name} to be an int or a pair of ints ≥ {minimum}, got {v!r}")
+    pair = ((v, v) if isinstance(v, (int, np.integer))
+            else tuple(v) if isinstance(v, (tuple, list)) else (v,))
+    if len(pair) != 2 or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= minimum
+            for n in pair):
+        raise ValueError(f"{who} expected {name} to be an int or a pair of ints "
+                         f"≥ {minimum}, got {v!r}")
     return int(pair[0]), int(pair[1])
 
-def _unpair(pair): return pair[0] if pair[0] == pair[1] else list(pair)  # JSON-able, and rebuilds the same layer
+# JSON-able, and rebuilds the same layer
+def _unpair(pair): return pair[0] if pair[0] == pair[1] else list(pair)
 
 def _window_geometry(kernel_size, stride, padding, who):
     "`(kh, kw), (sh, sw), (ph, pw)`, each checked by `_pair`"
-    return _pair(kernel_size, 'kernel_size', who, 1), _pair(stride, 'stride', who, 1), _pair(padding, 'padding', who, 0)
+    return (_pair(kernel_size, 'kernel_size', who, 1), _pair(stride, 'stride', who, 1),
+            _pair(padding, 'padding', who, 0))
 
 def _output_size(x_shape, kernel_size, stride, padding, who):
-    "(OH, OW) for an (N, C, H, W) input, or a ValueError naming `who` when the padded input is smaller than the kernel"
+    ("(OH, OW) for an (N, C, H, W) input, or a ValueError naming `who` "
+     "when the padded input is smaller than the kernel")
     OH, OW = conv_output_size(x_shape[2:], kernel_size, stride, padding)
     if OH < 1 or OW < 1:
         (kh, kw), (ph, pw) = kernel_size, padding
-        raise ValueError(f"{who} expected input of shape (N, {x_shape[1]}, H, W) with H ≥ {kh - 2*ph} and W ≥ {kw - 2*pw} "
-                         f"(the {kh}×{kw} kernel must fit in the padded input), got {tuple(x_shape)}")
+        raise ValueError(f"{who} expected input of shape (N, {x_shape[1]}, H, W) "
+                         f"with H ≥ {kh - 2*ph} and W ≥ {kw - 2*pw} "
+                         f"(the {kh}×{kw} kernel must fit in the padded input), "
+                         f"got {tuple(x_shape)}")
     return OH, OW
 
 # %% ../nbs/03_conv.ipynb #b1b1404e
@@ -50,48 +62,62 @@ def im2col(x,           # (N, C, H, W)
            kernel_size, # int or (kh, kw)
            stride=1,    # int or (sh, sw)
            padding=0):  # int or (ph, pw): zeros added on each side
-    "Every window of `x` as a column: the (C·kh·kw, N·OH·OW) matrix of equation (4), rows ordered (channel, i, j)"
-    (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding, 'im2col')
+    ("Every window of `x` as a column: the (C·kh·kw, N·OH·OW) matrix of equation (4), "
+     "rows ordered (channel, i, j)")
+    (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding,
+                                                    'im2col')
     N, C, H, W = x.shape
     OH, OW = _output_size(x.shape, (kh, kw), (sh, sw), (ph, pw), 'im2col')
-    if fused := kernel_for(x, 'im2col'): return fused(x, (kh, kw), (sh, sw), (ph, pw))  # the GPU's one-kernel version (chapter 10)
+    # the GPU's one-kernel version (chapter 10)
+    if fused := kernel_for(x, 'im2col'): return fused(x, (kh, kw), (sh, sw), (ph, pw))
     if ph or pw:
         xp = array_module(x).zeros((C, N, H + 2*ph, W + 2*pw), x.dtype)
-        xp[:, :, ph:ph + H, pw:pw + W] = x.transpose(1, 0, 2, 3)   # channel-major and padded in one copy
-    else: xp = x.transpose(1, 0, 2, 3)                             # a view: the column shift below does the copy
+        # channel-major and padded in one copy
+        xp[:, :, ph:ph + H, pw:pw + W] = x.transpose(1, 0, 2, 3)
+    else: xp = x.transpose(1, 0, 2, 3)  # a view: the column shift below does the copy
     cols = array_module(x).empty((C, kh, kw, N, OH, OW), x.dtype)
     for j in range(kw):
-        # shift the columns once, so that every row offset below copies long contiguous runs
+        # shift the columns once, so every row offset below copies long contiguous runs
         xs = array_module(x).ascontiguousarray(xp[:, :, :, j:j + sw*(OW - 1) + 1:sw])
         for i in range(kh): cols[:, i, j] = xs[:, :, i:i + sh*(OH - 1) + 1:sh]
     return cols.reshape(C*kh*kw, N*OH*OW)
 
 # %% ../nbs/03_conv.ipynb #8d9a7bf1
 class Conv2D(Layer):
-    "2-D convolution (cross-correlation) of NCHW input via im2col; w (out, in, kh, kw), b (out,)"
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init=he_uniform, rng=None, dtype=DEFAULT_DTYPE):
+    ("2-D convolution (cross-correlation) of NCHW input via im2col; "
+     "w (out, in, kh, kw), b (out,)")
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 init=he_uniform, rng=None, dtype=DEFAULT_DTYPE):
         super().__init__()
         who = type(self).__name__
-        self.in_channels, self.out_channels = check_arg(in_channels, 'in_channels', who), check_arg(out_channels, 'out_channels', who)
-        self.kernel_size, self.stride, self.padding = _window_geometry(kernel_size, stride, padding, who)
+        self.in_channels, self.out_channels = (
+            check_arg(in_channels, 'in_channels', who),
+            check_arg(out_channels, 'out_channels', who))
+        self.kernel_size, self.stride, self.padding = _window_geometry(
+            kernel_size, stride, padding, who)
         dtype = check_arg(dtype, 'dtype', who, 'dtype')
-        self.params = {'w': init((self.out_channels, self.in_channels, *self.kernel_size), rng=rng, dtype=dtype),
+        self.params = {'w': init((self.out_channels, self.in_channels, *self.kernel_size),
+                                 rng=rng, dtype=dtype),
                        'b': zeros(self.out_channels, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
     def config(self):
-        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=_unpair(self.kernel_size),
-                    stride=_unpair(self.stride), padding=_unpair(self.padding))
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=_unpair(self.kernel_size), stride=_unpair(self.stride),
+                    padding=_unpair(self.padding))
 
     def forward(self, x):
         w, b = self.params['w'], self.params['b']
         x = check_input(x, ('N', self.in_channels, 'H', 'W'), repr(self), w.dtype)
-        (N, F), (OH, OW) = (len(x), self.out_channels), _output_size(x.shape, self.kernel_size, self.stride, self.padding, repr(self))
+        (N, F), (OH, OW) = (len(x), self.out_channels), _output_size(
+            x.shape, self.kernel_size, self.stride, self.padding, repr(self))
         cols = im2col(x, self.kernel_size, self.stride, self.padding)
-        self.x_shape, self.cols = x.shape, cols if self.training else None   # for backward, which evaluation never calls
+        # for backward, which evaluation never calls
+        self.x_shape, self.cols = x.shape, cols if self.training else None
         y = (w.reshape(F, -1) @ cols).reshape(F, N, OH, OW)
         out = array_module(y).empty((N, F, OH, OW), y.dtype)
-        np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=out)   # bias and NCHW in one pass
+        # bias and NCHW in one pass
+        np.add(y.transpose(1, 0, 2, 3), b[:, None, None], out=out)
         return out
 
 # %% ../nbs/03_conv.ipynb #fc0c8f0b
@@ -100,118 +126,150 @@ def col2im(cols,        # (C·kh·kw, N·OH·OW), as produced by `im2col`
            kernel_size, # int or (kh, kw)
            stride=1,    # int or (sh, sw)
            padding=0):  # int or (ph, pw)
-    "The adjoint of `im2col`: add every column back onto its window, giving an (N, C, H, W) array"
-    (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding, 'col2im')
+    ("The adjoint of `im2col`: add every column back onto its window, "
+     "giving an (N, C, H, W) array")
+    (kh, kw), (sh, sw), (ph, pw) = _window_geometry(kernel_size, stride, padding,
+                                                    'col2im')
     N, C, H, W = x_shape
     OH, OW = _output_size(x_shape, (kh, kw), (sh, sw), (ph, pw), 'col2im')
     if cols.shape != (C*kh*kw, N*OH*OW):
-        raise ValueError(f"col2im expected columns of shape {(C*kh*kw, N*OH*OW)} for x_shape {tuple(x_shape)}, got {cols.shape}")
-    if fused := kernel_for(cols, 'col2im'): return fused(cols, x_shape, (kh, kw), (sh, sw), (ph, pw))  # chapter 10
+        raise ValueError(f"col2im expected columns of shape {(C*kh*kw, N*OH*OW)} "
+                         f"for x_shape {tuple(x_shape)}, got {cols.shape}")
+    if fused := kernel_for(cols, 'col2im'):  # chapter 10
+        return fused(cols, x_shape, (kh, kw), (sh, sw), (ph, pw))
     cols = cols.reshape(C, kh, kw, N, OH, OW)
     xp = array_module(cols).zeros((C, N, H + 2*ph, W + 2*pw), cols.dtype)
-    xs = array_module(cols).empty((C, N, H + 2*ph, OW), cols.dtype)   # one column shift's worth, reused for every j
+    # one column shift's worth, reused for every j
+    xs = array_module(cols).empty((C, N, H + 2*ph, OW), cols.dtype)
     for j in range(kw):
         xs.fill(0)
         for i in range(kh): xs[:, :, i:i + sh*(OH - 1) + 1:sh] += cols[:, i, j]
         xp[:, :, :, j:j + sw*(OW - 1) + 1:sw] += xs
-    return array_module(cols).ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3))
+    return array_module(cols).ascontiguousarray(
+        xp[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3))
 
 # %% ../nbs/03_conv.ipynb #bee71559
 @patch
 def backward(self:Conv2D, grad):
-    "Gradients (5) of w and b into `grads`; returns the input's gradient via col2im, or None if `needs_input_grad` is off"
+    ("Gradients (5) of w and b into `grads`; returns the input's gradient via col2im, "
+     "or None if `needs_input_grad` is off")
     w, F = self.params['w'], self.out_channels
-    N, OH, OW = self.x_shape[0], *conv_output_size(self.x_shape[2:], self.kernel_size, self.stride, self.padding)
+    N, OH, OW = self.x_shape[0], *conv_output_size(self.x_shape[2:], self.kernel_size,
+                                                   self.stride, self.padding)
     grad = check_input(grad, (N, F, OH, OW), f'{self!r}.backward')
-    if self.cols is None: raise RuntimeError(f"{self!r}.backward needs a forward pass in training mode first")
-    g = grad.transpose(1, 0, 2, 3).reshape(F, -1)                   # (F, N·OH·OW): one copy
+    if self.cols is None:
+        raise RuntimeError(f"{self!r}.backward needs a forward pass "
+                           f"in training mode first")
+    g = grad.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, N·OH·OW): one copy
     self.grads['w'] = (self.cols @ g.T).T.reshape(w.shape)
     self.grads['b'] = g.sum(1)
     if not self.needs_input_grad: return None
-    return col2im(w.reshape(F, -1).T @ g, self.x_shape, self.kernel_size, self.stride, self.padding)
+    return col2im(w.reshape(F, -1).T @ g, self.x_shape, self.kernel_size, self.stride,
+                  self.padding)
 
 # %% ../nbs/03_conv.ipynb #116d9ba7
 @patch(cls_method=True)
 def param_shapes(cls:Conv2D, config): # a config as `config()` returns it
-    "The shapes of the parameters a layer built from `config` would have, computed without building it"
+    ("The shapes of the parameters a layer built from `config` would have, "
+     "computed without building it")
     who = cls.__name__
-    F, C = check_arg(config['out_channels'], 'out_channels', who), check_arg(config['in_channels'], 'in_channels', who)
-    (kh, kw), _, _ = _window_geometry(config['kernel_size'], config.get('stride', 1), config.get('padding', 0), who)
+    F, C = (check_arg(config['out_channels'], 'out_channels', who),
+            check_arg(config['in_channels'], 'in_channels', who))
+    (kh, kw), _, _ = _window_geometry(config['kernel_size'], config.get('stride', 1),
+                                      config.get('padding', 0), who)
     return {'w': (F, C, kh, kw), 'b': (F,)}
 
 # %% ../nbs/03_conv.ipynb #ac8c974c
 def _window_slices(kernel_size, stride, out_hw):
-    "For each kernel offset (i, j) in row-major order, the index of that entry of every window"
+    ("For each kernel offset (i, j) in row-major order, "
+     "the index of that entry of every window")
     (kh, kw), (sh, sw), (OH, OW) = kernel_size, stride, out_hw
-    return [(slice(None), slice(None), slice(i, i + sh*(OH - 1) + 1, sh), slice(j, j + sw*(OW - 1) + 1, sw))
+    return [(slice(None), slice(None), slice(i, i + sh*(OH - 1) + 1, sh),
+             slice(j, j + sw*(OW - 1) + 1, sw))
             for i in range(kh) for j in range(kw)]
 
+# %% ../nbs/03_conv.ipynb #ba471c30
 class _Pool2D(Layer):
     "Shared set-up of the pooling layers: sizes, padding, the window slices"
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         who = type(self).__name__
         self.kernel_size = _pair(kernel_size, 'kernel_size', who, 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, 'stride', who, 1)
+        self.stride = (self.kernel_size if stride is None
+                       else _pair(stride, 'stride', who, 1))
         self.padding = _pair(padding, 'padding', who, 0)
         if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{who} expected padding at most half the kernel size {self.kernel_size}, got {padding!r}")
-
-    def config(self): return dict(kernel_size=_unpair(self.kernel_size), stride=_unpair(self.stride), padding=_unpair(self.padding))
-
+            raise ValueError(f"{who} expected padding at most half the kernel size "
+                             f"{self.kernel_size}, got {padding!r}")
+    def config(self):
+        return dict(kernel_size=_unpair(self.kernel_size), stride=_unpair(self.stride),
+                    padding=_unpair(self.padding))
     def _setup(self, x, pad_value):
-        "Checked input, padded with `pad_value`; remembers the shapes and the window slices"
+        ("Checked input, padded with `pad_value`; "
+         "remembers the shapes and the window slices")
         x = check_input(x, ('N', 'C', 'H', 'W'), repr(self))
-        self.out_shape = (*x.shape[:2], *_output_size(x.shape, self.kernel_size, self.stride, self.padding, repr(self)))
+        self.out_shape = (*x.shape[:2], *_output_size(
+            x.shape, self.kernel_size, self.stride, self.padding, repr(self)))
         self.slices = _window_slices(self.kernel_size, self.stride, self.out_shape[2:])
         (ph, pw), (N, C, H, W) = self.padding, x.shape
         if not (ph or pw): return x
         xp = array_module(x).full((N, C, H + 2*ph, W + 2*pw), pad_value, x.dtype)
         xp[:, :, ph:ph + H, pw:pw + W] = x
         return xp
-
-    def _check_grad(self, grad): return check_input(grad, self.out_shape, f'{self!r}.backward')
+    def _check_grad(self, grad):
+        return check_input(grad, self.out_shape, f'{self!r}.backward')
     def _unpad(self, xp):
         (ph, pw) = self.padding
         return xp[:, :, ph:xp.shape[2] - ph, pw:xp.shape[3] - pw]
-    def _overlapping(self): return any(s < k for s, k in zip(self.stride, self.kernel_size))
+    def _overlapping(self):
+        return any(s < k for s, k in zip(self.stride, self.kernel_size))
     def _fill_padding(self, xp, value):
         "Overwrite the padding ring of our own padded copy `xp` with `value`"
         (ph, pw), (Hp, Wp) = self.padding, xp.shape[2:]
-        for ring in np.s_[:, :, :ph], np.s_[:, :, Hp - ph:], np.s_[:, :, :, :pw], np.s_[:, :, :, Wp - pw:]: xp[ring] = value
+        for ring in (np.s_[:, :, :ph], np.s_[:, :, Hp - ph:],
+                     np.s_[:, :, :, :pw], np.s_[:, :, :, Wp - pw:]): xp[ring] = value
 
 # %% ../nbs/03_conv.ipynb #6d00fefe
 class MaxPool2D(_Pool2D):
-    "Max over each window; the gradient goes to the first maximum in row-major window order (as in PyTorch)"
+    ("Max over each window; the gradient goes to the first maximum "
+     "in row-major window order (as in PyTorch)")
     def forward(self, x):
         self.xp, s = self._setup(x, -np.inf), self.slices
-        self.y = np.maximum(self.xp[s[0]], self.xp[s[1]]) if len(s) > 1 else self.xp[s[0]].copy()
+        self.y = (np.maximum(self.xp[s[0]], self.xp[s[1]]) if len(s) > 1
+                  else self.xp[s[0]].copy())
         for window_entry in s[2:]: np.maximum(self.y, self.xp[window_entry], out=self.y)
-        return self.y   # cached for backward, not copied: no layer modifies its input in place
+        # cached for backward, not copied: no layer modifies its input in place
+        return self.y
 
 # %% ../nbs/03_conv.ipynb #9d5e5c76
 @patch
 def backward(self:MaxPool2D, grad):
     "Route each window's gradient to its first maximum, equation (6)"
-    grad, xp, y, overlapping = self._check_grad(grad), self.xp, self.y, self._overlapping()
-    if self.padding != (0, 0): self._fill_padding(xp, np.nan)   # NaN equals nothing: padding never wins, even against -inf
+    grad, xp, y, overlapping = (self._check_grad(grad), self.xp, self.y,
+                                self._overlapping())
+    # NaN equals nothing: padding never wins, even against -inf
+    if self.padding != (0, 0): self._fill_padding(xp, np.nan)
     # windows that tile the input exactly write every element of dxp below
-    tiles = self.stride == self.kernel_size and xp.shape[2:] == tuple(o*k for o, k in zip(y.shape[2:], self.kernel_size))
-    dxp = (array_module(grad).empty if tiles else array_module(grad).zeros)(xp.shape, grad.dtype)
+    tiles = self.stride == self.kernel_size and xp.shape[2:] == tuple(
+        o*k for o, k in zip(y.shape[2:], self.kernel_size))
+    dxp = (array_module(grad).empty if tiles
+           else array_module(grad).zeros)(xp.shape, grad.dtype)
     for k, s in enumerate(self.slices):
         if k == 0: is_max = taken = xp[s] == y
         elif k < len(self.slices) - 1:
             is_max = xp[s] == y
-            is_max &= ~taken      # an earlier offset already holds this window's maximum
+            is_max &= ~taken  # an earlier offset already holds this window's maximum
             taken |= is_max
-        else: is_max = ~taken     # the last offset: every window whose maximum was not found earlier
+        else:  # the last offset: every window whose maximum was not found earlier
+            is_max = ~taken
         if overlapping: dxp[s] += grad * is_max
         else: np.multiply(grad, is_max, out=dxp[s])
     return self._unpad(dxp)
 
 # %% ../nbs/03_conv.ipynb #a7bc16c6
 class AvgPool2D(_Pool2D):
-    "Mean over each window; zero padding counts towards the mean (PyTorch's count_include_pad=True)"
+    ("Mean over each window; zero padding counts towards the mean "
+     "(PyTorch's count_include_pad=True)")
     def forward(self, x):
         xp = self._setup(x, 0)
         self.xp_shape = xp.shape
@@ -232,9 +290,12 @@ class Flatten(Layer):
     "(N, ...) to (N, prod(...)): a view; backward restores the input's shape"
     def forward(self, x):
         x = array_module(x).asarray(x)
-        if x.ndim < 2: raise ValueError(f"{self!r} expected input of shape (N, ...) with at least 2 dimensions, got {x.shape}")
+        if x.ndim < 2:
+            raise ValueError(f"{self!r} expected input of shape (N, ...) "
+                             f"with at least 2 dimensions, got {x.shape}")
         self.x_shape = x.shape
         return x.reshape(len(x), -1)
     def backward(self, grad):
-        grad = check_input(grad, (self.x_shape[0], int(np.prod(self.x_shape[1:]))), f'{self!r}.backward')
+        grad = check_input(grad, (self.x_shape[0], int(np.prod(self.x_shape[1:]))),
+                           f'{self!r}.backward')
         return grad.reshape(self.x_shape)
