@@ -15,53 +15,67 @@ __all__ = ['Optimizer', 'SGD', 'AdaGrad', 'RMSProp', 'Adam', 'AdamW', 'Schedule'
 
 # %% ../nbs/04_optim.ipynb #b6166d36
 def _check_range(who, **hyper):
-    "Raise a ValueError naming `who` if a hyperparameter is outside its range (decay rates below 1, the rest non-negative)"
+    ("Raise a ValueError naming `who` if a hyperparameter is outside its range "
+     "(decay rates below 1, the rest non-negative)")
     for k, v in hyper.items():
         hi = 1.0 if k in ('momentum', 'alpha', 'beta1', 'beta2') else math.inf
-        if not 0.0 <= v < hi: raise ValueError(f"{who} expected {k} in [0, {hi:g}), got {v!r}")
+        if not 0.0 <= v < hi:
+            raise ValueError(f"{who} expected {k} in [0, {hi:g}), got {v!r}")
 
 # %% ../nbs/04_optim.ipynb #8afd246d
 class Optimizer:
-    "Updates (param, grad) pairs in place; the state of each pair is kept under its position, which must not change"
-    def __init__(self, lr): # learning rate; a plain attribute that schedules may change between steps
+    ("Updates (param, grad) pairs in place; the state of each pair is kept under its "
+     "position, which must not change")
+    def __init__(self,
+                 lr, # learning rate; a plain attribute schedules may change between steps
+                ):
         _check_range(type(self).__name__, lr=lr)
         self.lr, self.state, self._buffers = lr, {}, {}
 
-    def step(self, params): # iterable of (param, grad) arrays, in the same order every step
+    def step(self, params): # iterable of (param, grad) arrays, same order every step
         "One update of every parameter, in place"
         for i, (p, g) in enumerate(params):
-            if p.shape != g.shape: raise ValueError(f"{self!r} expected a gradient of shape {p.shape} (its parameter's), got {g.shape}")
-            if p.dtype.kind != 'f': raise TypeError(f"{self!r} can only update floating-point parameters, got {p.dtype}")
+            if p.shape != g.shape: raise ValueError(
+                f"{self!r} expected a gradient of shape {p.shape} (its parameter's), "
+                f"got {g.shape}")
+            if p.dtype.kind != 'f': raise TypeError(
+                f"{self!r} can only update floating-point parameters, got {p.dtype}")
             self.update(p, g, self.state.setdefault(i, {}))
+    # change p in place; `state` is this parameter's dict
+    def update(self, p, g, state): raise NotImplementedError
 
-    def update(self, p, g, state): raise NotImplementedError  # change p in place; `state` is this parameter's dict
-
-    def scratch(self, p, n=1): # the parameter whose shape and dtype the buffers take; how many buffers
-        "`n` scratch arrays shaped like `p`, shared by every parameter of that shape and dtype"
+    def scratch(self, p, n=1): # the parameter giving shape and dtype; how many buffers
+        ("`n` scratch arrays shaped like `p`, shared by every parameter of that shape "
+         "and dtype")
         bufs = self._buffers.setdefault((p.shape, p.dtype.str), [])
         while len(bufs) < n: bufs.append(np.empty_like(p))
         return bufs[:n]
-
     def config(self): return dict(lr=self.lr)  # constructor arguments
-
     def to(self, device): # 'cpu' or 'gpu'
-        "Move the per-parameter state (momentum buffers, Adam's moments) to `device`; the scratch buffers are made anew there"
+        ("Move the per-parameter state (momentum buffers, Adam's moments) to `device`; "
+         "the scratch buffers are made anew there")
         for state in self.state.values():
-            state.update({k: to_device(v, device) for k, v in state.items() if hasattr(v, 'shape')})  # not Adam's step count t
+            state.update({k: to_device(v, device) for k, v in state.items()
+                          if hasattr(v, 'shape')})  # not Adam's step count t
         self._buffers = {}
         return self
-    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+    def __repr__(self):
+        return (f"{type(self).__name__}("
+                f"{', '.join(f'{k}={v!r}' for k, v in self.config().items())})")
 
 # %% ../nbs/04_optim.ipynb #1a638e0f
 def _with_decay(p, g, weight_decay, out):
-    "g + weight_decay * p written into `out` (equation 5), or `g` itself when weight_decay is 0"
+    ("g + weight_decay * p written into `out` (equation 5), or `g` itself when "
+     "weight_decay is 0")
     if not weight_decay: return g
     np.multiply(p, weight_decay, out=out)
     out += g
     return out
 
+# %% ../nbs/04_optim.ipynb #85370bca
 class SGD(Optimizer):
-    "Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay, as in PyTorch"
+    ("Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay, "
+     "as in PyTorch")
     def __init__(self,
                  lr, # learning rate η
                  momentum=0.0, # μ in equation 3; 0 for plain SGD
@@ -70,10 +84,12 @@ class SGD(Optimizer):
                 ):
         super().__init__(lr)
         _check_range('SGD', momentum=momentum, weight_decay=weight_decay)
-        if nesterov and not momentum: raise ValueError("SGD with nesterov=True needs momentum > 0")
+        if nesterov and not momentum:
+            raise ValueError("SGD with nesterov=True needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
-    def config(self): return dict(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
+    def config(self): return dict(lr=self.lr, momentum=self.momentum,
+                                  nesterov=self.nesterov, weight_decay=self.weight_decay)
 
     def update(self, p, g, state):
         lr, mu = float(self.lr), float(self.momentum)
@@ -81,9 +97,10 @@ class SGD(Optimizer):
         g = _with_decay(p, g, float(self.weight_decay), tmp)
         if mu:
             v = state.get('v')
-            if v is None: v = state['v'] = g.astype(p.dtype, copy=True)  # PyTorch starts the buffer at the first gradient
+            # PyTorch starts the buffer at the first gradient
+            if v is None: v = state['v'] = g.astype(p.dtype, copy=True)
             else: v *= mu; v += g
-            if self.nesterov:  # θ -= lr * (g + μ v), in two pieces so no temporary is needed
+            if self.nesterov:  # θ -= lr * (g + μ v), in two pieces: no temporary needed
                 np.multiply(g, lr, out=tmp); p -= tmp
                 np.multiply(v, lr * mu, out=tmp); p -= tmp
                 return
@@ -93,7 +110,8 @@ class SGD(Optimizer):
 
 # %% ../nbs/04_optim.ipynb #be38ef82
 class AdaGrad(Optimizer):
-    "AdaGrad (Duchi et al., 2011): divide each coordinate's step by the root of its summed squared gradients, as in PyTorch"
+    ("AdaGrad (Duchi et al., 2011): divide each coordinate's step by the root of its "
+     "summed squared gradients, as in PyTorch")
     def __init__(self,
                  lr, # learning rate η
                  eps=1e-10, # ε, added outside the square root (equation 6)
@@ -103,12 +121,14 @@ class AdaGrad(Optimizer):
         _check_range('AdaGrad', eps=eps, weight_decay=weight_decay)
         self.eps, self.weight_decay = eps, weight_decay
 
-    def config(self): return dict(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay)
+    def config(self): return dict(lr=self.lr, eps=self.eps,
+                                  weight_decay=self.weight_decay)
 
     def update(self, p, g, state):
         tmp, tmp2 = self.scratch(p, 2)
         g = _with_decay(p, g, float(self.weight_decay), tmp)
-        if not state: state['s'] = np.zeros_like(p)  # PyTorch's initial_accumulator_value=0
+        # PyTorch's initial_accumulator_value=0
+        if not state: state['s'] = np.zeros_like(p)
         s = state['s']
         np.multiply(g, g, out=tmp2); s += tmp2
         np.sqrt(s, out=tmp2); tmp2 += float(self.eps)
@@ -117,7 +137,8 @@ class AdaGrad(Optimizer):
 
 # %% ../nbs/04_optim.ipynb #ec129b50
 class RMSProp(Optimizer):
-    "RMSProp (Tieleman & Hinton, 2012): divide by the root of a moving average of squared gradients, as in PyTorch"
+    ("RMSProp (Tieleman & Hinton, 2012): divide by the root of a moving average of "
+     "squared gradients, as in PyTorch")
     def __init__(self,
                  lr, # learning rate η
                  alpha=0.99, # decay α of the moving average of g² (equation 7)
@@ -126,10 +147,13 @@ class RMSProp(Optimizer):
                  weight_decay=0.0, # λ of the L2 penalty (equation 5)
                 ):
         super().__init__(lr)
-        _check_range('RMSProp', alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
-        self.alpha, self.eps, self.momentum, self.weight_decay = alpha, eps, momentum, weight_decay
+        _check_range('RMSProp', alpha=alpha, eps=eps, momentum=momentum,
+                     weight_decay=weight_decay)
+        self.alpha, self.eps, self.momentum, self.weight_decay = (
+            alpha, eps, momentum, weight_decay)
 
-    def config(self): return dict(lr=self.lr, alpha=self.alpha, eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay)
+    def config(self): return dict(lr=self.lr, alpha=self.alpha, eps=self.eps,
+                                  momentum=self.momentum, weight_decay=self.weight_decay)
 
     def update(self, p, g, state):
         alpha, mu = float(self.alpha), float(self.momentum)
@@ -150,24 +174,30 @@ class RMSProp(Optimizer):
 # %% ../nbs/04_optim.ipynb #ae06c350
 class Adam(Optimizer):
     "Adam (Kingma & Ba, 2015) with bias correction and L2 weight decay, as in PyTorch"
-    decoupled = False  # AdamW shrinks the weights directly instead of adding weight_decay * p to the gradient
+    # AdamW shrinks weights directly instead of adding weight_decay * p to the gradient
+    decoupled = False
 
     def __init__(self,
                  lr=1e-3, # learning rate η
                  beta1=0.9, # decay of the running mean of g (PyTorch's betas[0])
                  beta2=0.999, # decay of the running mean of g² (PyTorch's betas[1])
                  eps=1e-8, # ε, added after the bias-corrected square root (equation 10)
-                 weight_decay=0.0, # λ: an L2 penalty (equation 5) in Adam, decoupled (equation 12) in AdamW
+                 weight_decay=0.0, # λ: L2 (eq. 5) in Adam, decoupled (eq. 12) in AdamW
                 ):
         super().__init__(lr)
-        _check_range(type(self).__name__, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
-        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        _check_range(type(self).__name__, beta1=beta1, beta2=beta2, eps=eps,
+                     weight_decay=weight_decay)
+        self.beta1, self.beta2, self.eps, self.weight_decay = (
+            beta1, beta2, eps, weight_decay)
 
-    def config(self): return dict(lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
+    def config(self): return dict(lr=self.lr, beta1=self.beta1, beta2=self.beta2,
+                                  eps=self.eps, weight_decay=self.weight_decay)
 
     def update(self, p, g, state):
-        if fused := kernel_for(p, 'adam'): return fused(self, p, g, state)  # the GPU's one-kernel version (chapter 10)
-        lr, b1, b2, wd = float(self.lr), float(self.beta1), float(self.beta2), float(self.weight_decay)
+        # the GPU's one-kernel version (chapter 10)
+        if fused := kernel_for(p, 'adam'): return fused(self, p, g, state)
+        lr, b1, b2, wd = (float(self.lr), float(self.beta1), float(self.beta2),
+                          float(self.weight_decay))
         tmp, tmp2 = self.scratch(p, 2)
         if not self.decoupled: g = _with_decay(p, g, wd, tmp)
         elif wd: p *= 1 - lr * wd
@@ -182,40 +212,47 @@ class Adam(Optimizer):
 
 # %% ../nbs/04_optim.ipynb #2b325e6e
 class AdamW(Adam):
-    "Adam with decoupled weight decay (Loshchilov & Hutter, 2019): p *= 1 - lr * weight_decay before the Adam step, as in PyTorch"
+    ("Adam with decoupled weight decay (Loshchilov & Hutter, 2019): "
+     "p *= 1 - lr * weight_decay before the Adam step, as in PyTorch")
     decoupled = True
     def __init__(self,
                  lr=1e-3, # learning rate η
                  beta1=0.9, # decay of the running mean of g
                  beta2=0.999, # decay of the running mean of g²
                  eps=1e-8, # ε, added after the bias-corrected square root
-                 weight_decay=0.01, # λ: each step removes the fraction lr * λ of every weight (equation 12)
+                 weight_decay=0.01, # λ: every step removes lr * λ of each weight (eq. 12)
                 ):
         super().__init__(lr, beta1, beta2, eps, weight_decay)
 
 # %% ../nbs/04_optim.ipynb #f2d756dc
 class Schedule:
-    "A learning rate as a function of the step (0 for the first update); the builders below return one"
-    def __init__(self, f, name, **kwargs): self.f, self.name, self.kwargs = f, name, kwargs
+    ("A learning rate as a function of the step (0 for the first update); "
+     "the builders below return one")
+    def __init__(self, f, name, **kwargs):
+        self.f, self.name, self.kwargs = f, name, kwargs
     def __call__(self, step): # updates done so far, counted from 0 across epochs
         if step < 0: raise ValueError(f"{self!r} expected a step >= 0, got {step}")
         return float(self.f(step))
-    def __repr__(self): return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())})"
+    def __repr__(self):
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())})"
 
 # %% ../nbs/04_optim.ipynb #3922799b
 def _check_steps(who, **counts):
     "Raise a ValueError naming `who` unless every count is a positive integer"
     for k, v in counts.items():
-        if not isinstance(v, (int, np.integer)) or v < 1: raise ValueError(f"{who} expected {k} to be a positive integer, got {v!r}")
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{who} expected {k} to be a positive integer, got {v!r}")
 
 # %% ../nbs/04_optim.ipynb #4ed898fa
 def step_lr(lr, # the rate for the first `step_size` steps
             step_size:int, # steps between two decays
             gamma=0.1, # factor applied at each decay
            ):
-    "lr * gamma**(step // step_size): multiply by `gamma` every `step_size` steps (PyTorch's StepLR)"
+    ("lr * gamma**(step // step_size): multiply by `gamma` every `step_size` steps "
+     "(PyTorch's StepLR)")
     _check_steps('step_lr', step_size=step_size)
-    return Schedule(lambda t: lr * gamma ** (t // step_size), 'step_lr', lr=lr, step_size=step_size, gamma=gamma)
+    return Schedule(lambda t: lr * gamma ** (t // step_size),
+                    'step_lr', lr=lr, step_size=step_size, gamma=gamma)
 
 def exponential_lr(lr, # the rate at step 0
                    gamma, # factor applied every step
@@ -228,9 +265,11 @@ def cosine_lr(lr, # the rate at step 0
               total_steps:int, # T: the step at which the rate reaches `min_lr` and stays
               min_lr=0.0, # the rate from step T on
              ):
-    "Half a cosine from `lr` at step 0 to `min_lr` at `total_steps`, flat afterwards (PyTorch's CosineAnnealingLR up to T_max)"
+    ("Half a cosine from `lr` at step 0 to `min_lr` at `total_steps`, flat afterwards "
+     "(PyTorch's CosineAnnealingLR up to T_max)")
     _check_steps('cosine_lr', total_steps=total_steps)
-    return Schedule(lambda t: min_lr + (lr - min_lr) * (1 + math.cos(math.pi * min(t, total_steps) / total_steps)) / 2,
+    return Schedule(lambda t: min_lr + (lr - min_lr) * (1 + math.cos(
+                        math.pi * min(t, total_steps) / total_steps)) / 2,
                     'cosine_lr', lr=lr, total_steps=total_steps, min_lr=min_lr)
 
 # %% ../nbs/04_optim.ipynb #f8c74b07
@@ -238,19 +277,26 @@ def linear_warmup_lr(lr, # the rate reached at `warmup_steps` and kept afterward
                      warmup_steps:int, # W: length of the ramp
                      start_factor=0.0, # s: the ramp starts at s * lr
                     ):
-    "A straight line from start_factor * lr at step 0 to `lr` at `warmup_steps`, flat afterwards (PyTorch's LinearLR)"
+    ("A straight line from start_factor * lr at step 0 to `lr` at `warmup_steps`, "
+     "flat afterwards (PyTorch's LinearLR)")
     _check_steps('linear_warmup_lr', warmup_steps=warmup_steps)
-    return Schedule(lambda t: lr * (start_factor + (1 - start_factor) * min(t, warmup_steps) / warmup_steps),
-                    'linear_warmup_lr', lr=lr, warmup_steps=warmup_steps, start_factor=start_factor)
+    return Schedule(lambda t: lr * (start_factor + (1 - start_factor)
+                                    * min(t, warmup_steps) / warmup_steps),
+                    'linear_warmup_lr', lr=lr, warmup_steps=warmup_steps,
+                    start_factor=start_factor)
 
 # %% ../nbs/04_optim.ipynb #45fcc602
 def sequential_lr(schedules, # the schedules, in the order they run
-                  milestones, # the steps at which each schedule after the first takes over
+                  milestones, # steps at which each schedule after the first takes over
                  ):
-    "Schedule k from step milestones[k-1] on, counting its steps from that milestone (PyTorch's SequentialLR)"
+    ("Schedule k from step milestones[k-1] on, counting its steps from that milestone "
+     "(PyTorch's SequentialLR)")
     milestones = list(milestones)
-    if len(milestones) != len(schedules) - 1 or any(b <= a for a, b in zip([0] + milestones, milestones)):
-        raise ValueError(f"sequential_lr expected {len(schedules) - 1} increasing positive milestones for {len(schedules)} schedules, got {milestones}")
+    if (len(milestones) != len(schedules) - 1
+            or any(b <= a for a, b in zip([0] + milestones, milestones))):
+        raise ValueError(
+            f"sequential_lr expected {len(schedules) - 1} increasing positive "
+            f"milestones for {len(schedules)} schedules, got {milestones}")
     def f(t):
         k = bisect.bisect_right(milestones, t)
         return schedules[k](t - (milestones[k - 1] if k else 0))
@@ -258,10 +304,15 @@ def sequential_lr(schedules, # the schedules, in the order they run
 
 def warmup_cosine_lr(lr, # the peak rate, reached at the end of the warm-up
                      warmup_steps:int, # W: length of the linear ramp from 0
-                     total_steps:int, # T: the step at which the cosine reaches `min_lr` (counted from 0, warm-up included)
+                     total_steps:int, # T: end of the cosine at `min_lr`, warm-up included
                      min_lr=0.0, # the rate from step T on
                     ):
-    "Linear warm-up from 0 to `lr` over `warmup_steps`, then half a cosine down to `min_lr` at `total_steps`"
+    ("Linear warm-up from 0 to `lr` over `warmup_steps`, then half a cosine down to "
+     "`min_lr` at `total_steps`")
     _check_steps('warmup_cosine_lr', warmup_steps=warmup_steps, total_steps=total_steps)
-    if total_steps <= warmup_steps: raise ValueError(f"warmup_cosine_lr expected total_steps > warmup_steps, got {total_steps} <= {warmup_steps}")
-    return sequential_lr([linear_warmup_lr(lr, warmup_steps), cosine_lr(lr, total_steps - warmup_steps, min_lr)], [warmup_steps])
+    if total_steps <= warmup_steps:
+        raise ValueError("warmup_cosine_lr expected total_steps > warmup_steps, "
+                         f"got {total_steps} <= {warmup_steps}")
+    return sequential_lr([linear_warmup_lr(lr, warmup_steps),
+                          cosine_lr(lr, total_steps - warmup_steps, min_lr)],
+                         [warmup_steps])
