@@ -304,7 +304,7 @@ def sequential_lr(schedules, # the schedules, in the order they run
 
 def warmup_cosine_lr(lr, # the peak rate, reached at the end of the warm-up
                      warmup_steps:int, # W: length of the linear ramp from 0
-                     total_steps:int, # T: end of the cosine at `min_lr`, warm-up included
+                     total_steps:int, # T: the step (from 0, warm-up included) at `min_lr`
                      min_lr=0.0, # the rate from step T on
                     ):
     ("Linear warm-up from 0 to `lr` over `warmup_steps`, then half a cosine down to "
