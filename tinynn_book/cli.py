@@ -8,9 +8,11 @@ import argparse, math, os, sys, tempfile
 from pathlib import Path
 import numpy as np
 from .model import Callback, stop_signals_interrupt
-from .mnist import ENV_VAR, MODELS, WEIGHT_DECAY, cache_dir, load_mnist, make_model, train_mnist
+from .mnist import (ENV_VAR, MODELS, WEIGHT_DECAY, cache_dir, load_mnist,
+                               make_model, train_mnist)
 from .regularization import Dropout, BatchNorm1d, BatchNorm2d
-from .cnn import RESNET_RECIPE  # importing chapter 9 also adds 'resnet' to MODELS
+# importing chapter 9 also adds 'resnet' to MODELS
+from .cnn import RESNET_RECIPE
 from .tensor import get_device
 from .parallel import data_parallel, mpi_world
 
@@ -19,60 +21,79 @@ __all__ = ['main']
 
 # %% ../nbs/cli.ipynb #cli006
 def _number(kind, test, what):
-    "An argparse type: `kind(s)` if `test` accepts it, else an error that says `what` was expected"
+    ("An argparse type: `kind(s)` if `test` accepts it, "
+     "else an error that says `what` was expected")
     def parse(s):
         try: v = kind(s)
         except ValueError: v = None
-        if v is None or not test(v): raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        if v is None or not test(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
         return v
     return parse
 
 _positive_int = _number(int, lambda v: v > 0, 'a positive int')
 _non_negative_int = _number(int, lambda v: v >= 0, 'an integer >= 0')
-_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
-_non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, 'a finite number >= 0')
-_probability = _number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')   # NaN fails both comparisons
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0,
+                          'a finite number > 0')
+_non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0,
+                              'a finite number >= 0')
+# NaN fails both comparisons
+_probability = _number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
 _name = _number(str, lambda v: v.strip() != '', 'a non-empty name')
 
 # %% ../nbs/cli.ipynb #cli007
 def _parser():
-    p = argparse.ArgumentParser(prog='tinynn-mnist', description='Train an MLP, LeNet-5 or a small ResNet on MNIST with tinynn-book (numpy, or CuPy on a GPU).',
-                                epilog=f"Data: --data DIR, else ${ENV_VAR}, else {cache_dir()} (downloaded if missing); --sample needs none.")
+    p = argparse.ArgumentParser(prog='tinynn-mnist', description='Train an MLP, LeNet-5 '
+        'or a small ResNet on MNIST with tinynn-book (numpy, or CuPy on a GPU).',
+        epilog=f"Data: --data DIR, else ${ENV_VAR}, else {cache_dir()} (downloaded if "
+               "missing); --sample needs none.")
     p.add_argument('--model', choices=sorted(MODELS), default='mlp', help='network to train (default: mlp)')
     p.add_argument('--epochs', type=_positive_int, default=5, help='passes over the training set (default: 5)')
     p.add_argument('--batch-size', type=_positive_int, default=128, help='examples per step (default: 128)')
-    p.add_argument('--lr', type=_positive_float, help=f"AdamW's (initial) learning rate (default: 1e-3; resnet: {RESNET_RECIPE['lr']:g})")
-    p.add_argument('--schedule', choices=['cosine', 'constant'], default='cosine', help='anneal the rate to 0 over the run, or keep it (default: cosine)')
-    p.add_argument('--weight-decay', type=_non_negative_float,
-                   help=f"AdamW's decoupled weight decay (default: {WEIGHT_DECAY:g}; resnet: {RESNET_RECIPE['weight_decay']:g})")
+    p.add_argument('--lr', type=_positive_float, help="AdamW's (initial) learning rate "
+        f"(default: 1e-3; resnet: {RESNET_RECIPE['lr']:g})")
+    p.add_argument('--schedule', choices=['cosine', 'constant'], default='cosine',
+        help='anneal the rate to 0 over the run, or keep it (default: cosine)')
+    p.add_argument('--weight-decay', type=_non_negative_float, help="AdamW's decoupled weight "
+        f"decay (default: {WEIGHT_DECAY:g}; resnet: {RESNET_RECIPE['weight_decay']:g})")
     p.add_argument('--shift', type=int, choices=range(0, 5), metavar='0..4',
-                   help=f"random shift of training images, in pixels (default: 1; resnet: {RESNET_RECIPE['max_shift']})")
-    p.add_argument('--dropout', type=_probability, default=0.0, metavar='P', help='dropout after each hidden dense layer of mlp or lenet, P in [0, 1) (default: 0, none)')
-    p.add_argument('--batchnorm', action='store_true', help='batch normalisation before each hidden ReLU of mlp or lenet (default: off; resnet always has it)')
+        help=f"random shift of training images, in pixels (default: 1; resnet: {RESNET_RECIPE['max_shift']})")
+    p.add_argument('--dropout', type=_probability, default=0.0, metavar='P',
+        help='dropout after each hidden dense layer of mlp or lenet, P in [0, 1) (default: 0, none)')
+    p.add_argument('--batchnorm', action='store_true', help='batch normalisation before '
+        'each hidden ReLU of mlp or lenet (default: off; resnet always has it)')
     p.add_argument('--val-size', type=_non_negative_int, default=None, metavar='N',
-                   help='last N training images held out for validation, 0 for none (default: a twelfth of them)')
+        help='last N training images held out for validation, 0 for none (default: a twelfth of them)')
     source = p.add_mutually_exclusive_group()
-    source.add_argument('--data', type=_name, metavar='PATH', help='directory with the four MNIST IDX files (raw or .gz)')
-    source.add_argument('--sample', action='store_true', help='use the small sample shipped with the package (offline)')
+    source.add_argument('--data', type=_name, metavar='PATH',
+        help='directory with the four MNIST IDX files (raw or .gz)')
+    source.add_argument('--sample', action='store_true',
+        help='use the small sample shipped with the package (offline)')
     p.add_argument('--save', type=_name, metavar='CKPT', help='write the trained model here (.npz)')
     p.add_argument('--plot', type=_name, metavar='PNG', help='write the training curves here')
-    p.add_argument('--device', choices=['cpu', 'gpu'], default='cpu', help="where to train; gpu needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]' (default: cpu)")
+    p.add_argument('--device', choices=['cpu', 'gpu'], default='cpu', help="where to "
+        "train; gpu needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]' (default: cpu)")
     p.add_argument('--workers', type=_positive_int, default=1, metavar='N',
-                   help='threads that share each step, data parallel (chapter 13); under mpiexec the ranks share it instead (default: 1)')
-    p.add_argument('--seed', type=_non_negative_int, default=0, help='seed for initial weights, shifts, dropout and shuffling (default: 0)')
-    p.add_argument('--no-progress', action='store_true', help='no progress bar (one line per epoch); there is none either when stderr is not a terminal')
+        help='threads that share each step, data parallel (chapter 13); under mpiexec '
+             'the ranks share it instead (default: 1)')
+    p.add_argument('--seed', type=_non_negative_int, default=0,
+        help='seed for initial weights, shifts, dropout and shuffling (default: 0)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (one line '
+        'per epoch); there is none either when stderr is not a terminal')
     return p
 
 # %% ../nbs/cli.ipynb #cli009
 def _net_options(model:str, # 'mlp' or 'lenet'
-                 dropout:float=0.0, # Dropout's p after each hidden dense layer; 0 for none
+                 dropout:float=0.0, # Dropout's p after each hidden dense layer; 0: none
                  batchnorm:bool=False, # BatchNorm1d/2d before each hidden ReLU
                  seed:int=0, # seed for dropout's masks
                 ) -> dict:
-    "Keyword arguments for `mlp` or `lenet` that add chapter 7's layers; {} for the plain nets"
+    ("Keyword arguments for `mlp` or `lenet` that add chapter 7's layers; "
+     "{} for the plain nets")
     if not dropout and not batchnorm: return {}
     options = {}
-    if batchnorm: options.update(norm=BatchNorm1d) if model == 'mlp' else options.update(norm2d=BatchNorm2d, norm1d=BatchNorm1d)
+    if batchnorm: (options.update(norm=BatchNorm1d) if model == 'mlp'
+                   else options.update(norm2d=BatchNorm2d, norm1d=BatchNorm1d))
     if dropout:
         rng = np.random.default_rng([seed, 7])  # dropout's own stream
         options['dropout'] = lambda: Dropout(dropout, rng=rng)
@@ -80,18 +101,23 @@ def _net_options(model:str, # 'mlp' or 'lenet'
 
 # %% ../nbs/cli.ipynb #cli011
 def _cannot_write(dest):
-    "Why the file `dest` cannot be written, found by creating a temporary file beside it; None if it can"
+    ("Why the file `dest` cannot be written, found by creating a temporary file "
+     "beside it; None if it can")
     short = dest if len(dest) <= 60 else dest[:57] + '...'
     try: path = Path(dest).resolve(); path.is_dir()
-    except OSError as e: return f"{short}: {e.strerror or e}"  # e.g. a name longer than the file system allows
+    except OSError as e:  # e.g. a name longer than the file system allows
+        return f"{short}: {e.strerror or e}"
     if path.is_dir(): return f"{dest} is a directory"
     if not path.parent.is_dir(): return f"directory {path.parent} does not exist"
     if len(os.fsencode(path.name)) > (limit := _name_max(path.parent)):
-        return f"{short}: the file name is {len(os.fsencode(path.name))} bytes long; this file system allows {limit}"
+        return (f"{short}: the file name is {len(os.fsencode(path.name))} bytes long; "
+                f"this file system allows {limit}")
     try:
-        with tempfile.TemporaryFile(dir=path.parent): pass  # unnamed on Linux, deleted on close elsewhere
+        # unnamed on Linux, deleted on close elsewhere
+        with tempfile.TemporaryFile(dir=path.parent): pass
     except OSError as e: return f"cannot write in {path.parent} ({e.strerror or e})"
-    if path.exists() and not os.access(path, os.W_OK): return f"{dest} exists and is read-only"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{dest} exists and is read-only"
 
 def _name_max(folder):
     "The longest file name (in bytes) the file system of `folder` allows"
@@ -99,7 +125,8 @@ def _name_max(folder):
     except (AttributeError, OSError, ValueError): return 255
 
 def _same_file(a, b):
-    "Whether the paths `a` and `b` name one file (the same path, a link to it, or another name of it)"
+    ("Whether the paths `a` and `b` name one file "
+     "(the same path, a link to it, or another name of it)")
     try:
         if Path(a).resolve() == Path(b).resolve(): return True
         return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
@@ -107,35 +134,49 @@ def _same_file(a, b):
 
 # %% ../nbs/cli.ipynb #0d21015d
 def _check_args(p, args):
-    "Errors argparse cannot find by itself, found before any data is loaded; each ends the command with exit code 2. Fills in the recipe"
+    ("Errors argparse cannot find by itself, found before any data is loaded; "
+     "each ends the command with exit code 2. Fills in the recipe")
     if args.model == 'resnet' and (args.dropout or args.batchnorm):
-        p.error("--dropout and --batchnorm apply to mlp and lenet; resnet has batch normalisation in every block and no hidden dense layer")
-    recipe = RESNET_RECIPE if args.model == 'resnet' else dict(lr=1e-3, weight_decay=WEIGHT_DECAY, max_shift=1)
-    for name, key in (('lr', 'lr'), ('weight_decay', 'weight_decay'), ('shift', 'max_shift')):
-        if getattr(args, name) is None: setattr(args, name, recipe[key])   # the model's recipe, unless given
+        p.error("--dropout and --batchnorm apply to mlp and lenet; resnet has batch "
+                "normalisation in every block and no hidden dense layer")
+    recipe = (RESNET_RECIPE if args.model == 'resnet'
+              else dict(lr=1e-3, weight_decay=WEIGHT_DECAY, max_shift=1))
+    for name, key in (('lr', 'lr'), ('weight_decay', 'weight_decay'),
+                      ('shift', 'max_shift')):  # the model's recipe, unless given
+        if getattr(args, name) is None: setattr(args, name, recipe[key])
     for opt, dest in (('--save', args.save), ('--plot', args.plot)):
-        if dest and (problem := _cannot_write(dest)): p.error(f"argument {opt}: {problem}")
+        if dest and (problem := _cannot_write(dest)):
+            p.error(f"argument {opt}: {problem}")
     if args.save and args.plot and _same_file(args.save, args.plot):
-        p.error(f"arguments --save and --plot: both name the file {args.save}; the curves would overwrite the checkpoint")
+        p.error(f"arguments --save and --plot: both name the file {args.save}; "
+                "the curves would overwrite the checkpoint")
     if args.batchnorm and args.batch_size < 2:
-        p.error("argument --batch-size: --batchnorm needs at least 2 examples per batch to compute batch statistics")
+        p.error("argument --batch-size: --batchnorm needs at least 2 examples per batch "
+                "to compute batch statistics")
     if args.device != 'cpu' and (world := mpi_world()) and world[1] > 1:
-        p.error(f"argument --device: started by mpiexec on {world[1]} ranks, which share each step on the cpu only")
+        p.error(f"argument --device: started by mpiexec on {world[1]} ranks, "
+                "which share each step on the cpu only")
     if args.device == 'gpu':
-        try: get_device('gpu')   # CuPy imported and the GPU found now, not after the data is loaded
+        try: get_device('gpu')  # CuPy imported, GPU found now, not after loading the data
         except RuntimeError as e: p.error(f"argument --device: {e}")
     if args.workers > 1 and args.device != 'cpu':
-        p.error(f"argument --workers: threads share a step on the cpu only, not on the {args.device}")
+        p.error(f"argument --workers: threads share a step on the cpu only, "
+                f"not on the {args.device}")
     if args.workers > 1 and (world := mpi_world()) and world[1] > 1:
-        p.error(f"argument --workers: started by mpiexec on {world[1]} ranks, which share each step already; use one")
+        p.error(f"argument --workers: started by mpiexec on {world[1]} ranks, "
+                "which share each step already; use one")
     if args.plot:
         from matplotlib.backend_bases import FigureCanvasBase
-        if Path(args.plot).suffix.lstrip('.').lower() not in FigureCanvasBase.get_supported_filetypes():
-            p.error(f"--plot: cannot write a {Path(args.plot).suffix or 'extension-less'} file; use .png, .pdf or .svg")
+        if (Path(args.plot).suffix.lstrip('.').lower()
+                not in FigureCanvasBase.get_supported_filetypes()):
+            p.error(f"--plot: cannot write a {Path(args.plot).suffix or 'extension-less'}"
+                    " file; use .png, .pdf or .svg")
 
+# %% ../nbs/cli.ipynb #6c18fe49
 def _write_plot(history, path, title):
     import matplotlib
-    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')  # no display needed; a notebook keeps its backend
+    # no display needed; a notebook keeps its backend
+    if 'matplotlib.pyplot' not in sys.modules: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig = history.plot(title)
     try: fig.savefig(path, dpi=100)
@@ -143,32 +184,43 @@ def _write_plot(history, path, title):
 
 # %% ../nbs/cli.ipynb #cli012
 def _write_outputs(model, history, args, title, what='checkpoint'):
-    "Write the checkpoint and the curves asked for, one line each; a failed write is one line on stderr. True if all were written"
+    ("Write the checkpoint and the curves asked for, one line each; a failed write is "
+     "one line on stderr. True if all were written")
     ok = True
-    for name, path, write in ((what, args.save, model.save), ('curves', args.plot, lambda path: _write_plot(history, path, title))):
+    for name, path, write in ((what, args.save, model.save),
+                              ('curves', args.plot,
+                               lambda path: _write_plot(history, path, title))):
         if not path: continue
         try: write(path); print(f"{name}: {path}")
         except (OSError, ValueError) as e:
-            print(f"tinynn-mnist: error: could not write the {name.split()[0]} to {path}: {e}", file=sys.stderr); ok = False
+            print(f"tinynn-mnist: error: could not write the {name.split()[0]} "
+                  f"to {path}: {e}", file=sys.stderr); ok = False
     return ok
 
 def main(argv=None, # arguments, without the program name; None for sys.argv[1:]
         ) -> int:
-    "The `tinynn-mnist` command: train, validate, report test accuracy once, write checkpoint and curves"
+    ("The `tinynn-mnist` command: train, validate, report test accuracy once, "
+     "write checkpoint and curves")
     p = _parser()
     args = p.parse_args(argv)
-    _check_args(p, args)  # before any data is loaded: a bad argument or an unwritable output costs nothing
-    with stop_signals_interrupt():  # SIGTERM and SIGHUP, anywhere in the run, end it the way Ctrl-C does
+    # before any data is loaded: a bad argument or an unwritable output costs nothing
+    _check_args(p, args)
+    # SIGTERM and SIGHUP, anywhere in the run, end it the way Ctrl-C does
+    with stop_signals_interrupt():
         try: return _train_and_report(p, args)
         except MemoryError as e:
-            print(f"tinynn-mnist: error: out of memory{f' ({e})' if str(e) else ''}; try a smaller --batch-size", file=sys.stderr)
+            print(f"tinynn-mnist: error: out of memory{f' ({e})' if str(e) else ''}; "
+                  "try a smaller --batch-size", file=sys.stderr)
             return 1
-        except KeyboardInterrupt as e:  # before training, or while writing; training's own handler saves the last epoch
-            if (mpi_world() or (0, 1))[0] == 0: print(f"tinynn-mnist: {_why(e)}", file=sys.stderr)   # rank 0 says it
+        # before training, or while writing; training's own handler saves the last epoch
+        except KeyboardInterrupt as e:
+            if (mpi_world() or (0, 1))[0] == 0:  # rank 0 says it
+                print(f"tinynn-mnist: {_why(e)}", file=sys.stderr)
             return getattr(e, 'exit_code', 130)
 
 def _why(interrupt):
-    "'interrupted' for Ctrl-C, 'stopped by SIGTERM' (or SIGHUP) for the other stop signals"
+    ("'interrupted' for Ctrl-C, 'stopped by SIGTERM' (or SIGHUP) "
+     "for the other stop signals")
     return f"stopped by {interrupt}" if hasattr(interrupt, 'signum') else "interrupted"
 
 # %% ../nbs/cli.ipynb #cli012b
@@ -177,61 +229,85 @@ def _train_and_report(p, args):
     except (OSError, ValueError) as e:
         print(f"tinynn-mnist: error: {e}", file=sys.stderr); return 1
     val_size = len(x_train) // 12 if args.val_size is None else args.val_size
-    if val_size >= len(x_train): p.error(f"argument --val-size: {val_size} leaves no training images (there are {len(x_train)})")
+    if val_size >= len(x_train):
+        p.error(f"argument --val-size: {val_size} leaves no training images "
+                f"(there are {len(x_train)})")
     model = make_model(args.model, args.lr, args.seed, args.weight_decay, args.shift,
-                       **_net_options(args.model, args.dropout, args.batchnorm, args.seed)).to(args.device)
-    full_batches = any(k.endswith('running_var') for k in model.net.state)  # batch statistics: no batch of one
+                       **_net_options(args.model, args.dropout, args.batchnorm,
+                                      args.seed)).to(args.device)
+    # batch statistics: no batch of one
+    full_batches = any(k.endswith('running_var') for k in model.net.state)
     if full_batches and len(x_train) - val_size < args.batch_size:
-        p.error(f"argument --batch-size: {args.batch_size} is more than the {len(x_train) - val_size} training images, "
+        p.error(f"argument --batch-size: {args.batch_size} is more than the "
+                f"{len(x_train) - val_size} training images, "
                 "and a net with batch normalisation trains on full batches only")
-    dp = data_parallel(model, workers=args.workers, seed=args.seed)   # under mpiexec: one worker per rank
-    with dp, dp.root_only_output():   # every worker trains; only the first one prints and writes
+    # under mpiexec: one worker per rank
+    dp = data_parallel(model, workers=args.workers, seed=args.seed)
+    with dp, dp.root_only_output():  # all workers train; only the first prints and writes
         print(model.summary((1, 28, 28)))
-        extras = ''.join([f', dropout {args.dropout:g}' if args.dropout else '', ', batch norm' if args.batchnorm else '',
-                          f", {dp.size} {'ranks' if mpi_world() else 'threads'} sharing each step" if dp.size > 1 else ''])
-        print(f"{args.model}{extras}: {len(x_train) - val_size} training, {val_size} validation and {len(x_test)} test "
-              f"images{' (bundled sample)' if args.sample else ''}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr "
-              f"{args.lr:g} ({args.schedule}), weight decay {args.weight_decay:g}, shifts up to {args.shift} px, seed "
-              f"{args.seed}, on the {args.device}")
+        extras = ''.join([f', dropout {args.dropout:g}' if args.dropout else '',
+                          ', batch norm' if args.batchnorm else '',
+                          f", {dp.size} {'ranks' if mpi_world() else 'threads'} sharing "
+                          "each step" if dp.size > 1 else ''])
+        print(f"{args.model}{extras}: {len(x_train) - val_size} training, "
+              f"{val_size} validation and {len(x_test)} test "
+              f"images{' (bundled sample)' if args.sample else ''}; "
+              f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr:g} "
+              f"({args.schedule}), weight decay {args.weight_decay:g}, "
+              f"shifts up to {args.shift} px, seed {args.seed}, on the {args.device}")
         title = f"{args.model}, {len(x_train) - val_size} training images"
-        return _train(model, dp, (x_train, y_train), (x_test, y_test), val_size, full_batches, args, title)
+        return _train(model, dp, (x_train, y_train), (x_test, y_test), val_size,
+                      full_batches, args, title)
 
+# %% ../nbs/cli.ipynb #af63da2b
 def _train(model, dp, train, test, val_size, full_batches, args, title):
-    "Train, test once, write the outputs (the first worker only); on Ctrl-C or divergence keep the last epoch"
+    ("Train, test once, write the outputs (the first worker only); "
+     "on Ctrl-C or divergence keep the last epoch")
     last = _LastEpoch()
     try:
-        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):  # fit's own guards report NaN and inf
-            history = train_mnist(model, train, args.epochs, args.batch_size, args.schedule, args.seed,
-                                  progress=dp.is_root and not args.no_progress and sys.stderr.isatty(),
-                                  val_size=val_size, callbacks=[last], drop_last=full_batches)
+        # fit's own guards report NaN and inf
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            history = train_mnist(
+                model, train, args.epochs, args.batch_size, args.schedule, args.seed,
+                progress=dp.is_root and not args.no_progress and sys.stderr.isatty(),
+                val_size=val_size, callbacks=[last], drop_last=full_batches)
         print(f"test accuracy: {100 * model.evaluate(*test)['accuracy']:.2f} %")
-    except KeyboardInterrupt as e: return _stopped(model, last, args, title, _why(e), getattr(e, 'exit_code', 130), dp=dp)
-    except FloatingPointError as e: return _stopped(model, last, args, title, 'error: training diverged', 1, f": {e}", dp=dp)
+    except KeyboardInterrupt as e:
+        return _stopped(model, last, args, title, _why(e), getattr(e, 'exit_code', 130),
+                        dp=dp)
+    except FloatingPointError as e:
+        return _stopped(model, last, args, title, 'error: training diverged', 1, f": {e}",
+                        dp=dp)
     if not dp.is_root: return 0
     return 0 if _write_outputs(model, history, args, title) else 1
 
-
 # %% ../nbs/cli.ipynb #cli012d
 class _LastEpoch(Callback):
-    "Keeps a copy of the parameters and state as every epoch ends: what to save if the run is interrupted"
+    ("Keeps a copy of the parameters and state as every epoch ends: "
+     "what to save if the run is interrupted")
     saved = None  # (epoch, params, state)
     def on_epoch_end(self, model, history):
+        # one assignment: never half a copy
         self.saved = (history.epochs, {k: p.copy() for k, p in model.net.params.items()},
-                      {k: s.copy() for k, s in model.net.state.items()})  # one assignment: never half a copy
+                      {k: s.copy() for k, s in model.net.state.items()})
         return False
 
-def _stopped(model, last, args, title, why, code, detail='', # why: 'interrupted', 'stopped by SIGTERM', ...
+def _stopped(model, last, args, title,
+             why, code, detail='', # why: 'interrupted', 'stopped by SIGTERM', ...
              dp=None): # the data-parallel workers; only the first one writes
-    "Training ended early: one line on stderr, then what the last completed epoch left, if asked; returns `code`"
+    ("Training ended early: one line on stderr, then what the last completed epoch left, "
+     "if asked; returns `code`")
     if last.saved is None:
         if dp is not None and not dp.is_root: return code
-        print(f"tinynn-mnist: {why} during epoch 1" + ("; no epoch completed, so no checkpoint" if args.save else "")
+        print(f"tinynn-mnist: {why} during epoch 1"
+              + ("; no epoch completed, so no checkpoint" if args.save else "")
               + detail, file=sys.stderr)
         return code
     epoch, params, state = last.saved
-    if dp is not None and not dp.is_root: return code   # the first worker says it and writes
-    for k, p in model.net.params.items(): p[...] = params[k]  # back to the end of that epoch
+    if dp is not None and not dp.is_root: return code  # the first one says it and writes
+    for k, p in model.net.params.items(): p[...] = params[k]  # back to that epoch's end
     for k, s in model.net.state.items(): s[...] = state[k]
-    print(f"tinynn-mnist: {why} after {epoch} of {args.epochs} epochs{detail}", file=sys.stderr)
+    print(f"tinynn-mnist: {why} after {epoch} of {args.epochs} epochs{detail}",
+          file=sys.stderr)
     _write_outputs(model, model.history, args, title, what=f'checkpoint of epoch {epoch}')
     return code

@@ -189,8 +189,8 @@ def encode(text:str, vocab:str, what='the text'): # vocab: characters in id orde
 # %% ../nbs/cli_lm.ipynb #10fa4cd3
 # what a resumed run takes from its checkpoint
 RESUMED = ('model', 'context', 'd_model', 'heads', 'layers', 'hidden', 'window',
-           'dropout', 'batch_size', 'lr', 'warmup', 'weight_decay', 'clip', 'val_fraction',
-           'seed')
+           'dropout', 'batch_size', 'lr', 'warmup', 'weight_decay', 'clip',
+           'val_fraction', 'seed')
 
 def _check_train_args(p, args):
     "Errors found before any text is read (exit code 2); loads the checkpoint to resume"
@@ -359,8 +359,9 @@ def main(argv=None, # arguments, without the program name; None for sys.argv[1:]
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try: return _train_and_report(args)
-    except KeyboardInterrupt:   # outside training's own handler; under mpiexec, rank 0 says it
-        if (mpi_world() or (0, 1))[0] == 0: print("tinynn-lm: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # outside training's own handler
+        if (mpi_world() or (0, 1))[0] == 0:  # under mpiexec, rank 0 says it
+            print("tinynn-lm: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
         print("tinynn-lm: error: out of memory; try a smaller --batch-size or --context",
