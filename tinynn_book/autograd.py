@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib, contextvars, math
 import numpy as np
 from fastcore.basics import patch
-from .tensor import DEFAULT_DTYPE, as_float, device_of, get_device, get_rng, grad_check
+from .tensor import (DEFAULT_DTYPE, as_float, device_of, get_device, get_rng,
+                                grad_check)
 from .layers import Layer, Dense
 from .losses import Loss, SoftmaxCrossEntropy, log_softmax, softmax
 from .model import Net
@@ -18,68 +19,83 @@ __all__ = ['Tensor', 'unbroadcast', 'add', 'sub', 'mul', 'div', 'power', 'matmul
            'AutogradLoss', 'AutoSoftmaxCrossEntropy', 'auto_mlp', 'graph_mlp_step']
 
 # %% ../nbs/08_autograd.ipynb #8b9d3988
-_grad_enabled = contextvars.ContextVar('grad_enabled', default=True)  # off inside `with no_grad():`
+# off inside `with no_grad():`
+_grad_enabled = contextvars.ContextVar('grad_enabled', default=True)
 
+# %% ../nbs/08_autograd.ipynb #9116e28a
 class Tensor:
-    "A numpy array that records how it was computed, so `backward()` can apply the chain rule through it"
-    __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__ instead of looping over the array
-
-    def __init__(self, data,             # array-like: Python floats become float32, Python ints int64; numpy arrays keep their dtype
-                 requires_grad=False,    # a leaf whose gradient `backward()` fills in `.grad`
+    ("A numpy array that records how it was computed, "
+     "so `backward()` can apply the chain rule through it")
+    __array_ufunc__ = None  # ndarray * tensor calls Tensor.__rmul__, no elementwise loop
+    def __init__(self, data, # array-like; float→float32, int→int64, ndarray keeps dtype
+                 requires_grad=False,    # a leaf: `backward()` fills in its `.grad`
                  dtype=None):            # convert `data` to this dtype first
         if isinstance(data, Tensor): data = data._data
         if device_of(data) != 'cpu':
-            raise TypeError(f"Tensor: autograd is CPU-only (it computes with numpy), got an array on {device_of(data)!r}; "
+            raise TypeError("Tensor: autograd is CPU-only (it computes with numpy), "
+                            f"got an array on {device_of(data)!r}; "
                             "bring it back with to_numpy first")
         array = np.asarray(data, dtype=dtype)
-        if dtype is None and array.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
+        if (dtype is None and array.dtype == np.float64
+                and not isinstance(data, (np.ndarray, np.generic))):
             array = array.astype(DEFAULT_DTYPE)
         if requires_grad and not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"only floating-point tensors can require a gradient, got dtype {array.dtype}; "
-                            "convert first, e.g. Tensor(data, requires_grad=True, dtype=np.float32)")
+            raise TypeError("only floating-point tensors can require a gradient, "
+                            f"got dtype {array.dtype}; convert first, "
+                            "e.g. Tensor(data, requires_grad=True, dtype=np.float32)")
         self._data, self.requires_grad, self.grad = array, bool(requires_grad), None
         self._parents, self._backward, self.op, self._freed = (), None, '', False
-        self._version, self._versions = 0, ()  # writes through `data` so far; the parents' versions when recorded
-
-    data = property(lambda self: self._data, doc="The array (its in-place writes are counted from section 'In-place changes')")
+        self._version, self._versions = 0, ()  # writes via .data; parents' when recorded
+    data = property(lambda self: self._data, doc="The array (its in-place writes are "
+                    "counted from section 'In-place changes')")
     shape = property(lambda self: self._data.shape)
     dtype = property(lambda self: self._data.dtype)
     ndim = property(lambda self: self._data.ndim)
     size = property(lambda self: self._data.size)
     def __len__(self): return len(self._data)
-    def item(self): "The value of a one-element tensor as a Python number"; return self._data.item()
+    def item(self):
+        "The value of a one-element tensor as a Python number"; return self._data.item()
     def detach(self): "The same array with no history: a constant for autograd"; return Tensor(self._data)
     def zero_grad(self): "Forget the gradient accumulated by earlier backward calls"; self.grad = None
-
     def __repr__(self):
-        extra = f", op={self.op!r}" if self.op else ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, dtype={self.dtype}{extra})"
+        extra = (f", op={self.op!r}" if self.op
+                 else ", requires_grad=True" if self.requires_grad else "")
+        return (f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, "
+                f"dtype={self.dtype}{extra})")
 
 # %% ../nbs/08_autograd.ipynb #42233fd7
-def _result(data, parents, backward, op): # numpy result; input Tensors; closure grad -> parents' grads; op name
-    "The Tensor holding `data`; it records `parents` and `backward` only if one of the parents needs a gradient"
+def _result(data,     # numpy result
+            parents,  # input Tensors
+            backward, # closure grad -> parents' grads
+            op):      # op name
+    ("The Tensor holding `data`; it records `parents` and `backward` "
+     "only if one of the parents needs a gradient")
     out = Tensor(data)
     out.op = op
     if _grad_enabled.get() and any(p.requires_grad for p in parents):
         out.requires_grad, out._parents, out._backward = True, parents, backward
-        out._versions = tuple(p._version for p in parents)   # backward checks that nobody wrote to them since
+        # backward checks that nobody wrote to them since
+        out._versions = tuple(p._version for p in parents)
     return out
 
 def _lift(x, like): # any operand; the Tensor on the other side
     "`x` as a Tensor; a plain number takes `like`'s float dtype, so `2 * x` stays float32"
     if isinstance(x, Tensor): return x
-    if isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and np.issubdtype(like.dtype, np.floating):
+    if (isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+            and np.issubdtype(like.dtype, np.floating)):
         return Tensor(np.asarray(x, dtype=like.dtype))
     return Tensor(x)
 
 def _pair(a, b): # two operands, at least one of them a Tensor
-    "Both as Tensors; a plain number or array takes its rules from the Tensor on the other side"
+    ("Both as Tensors; a plain number or array takes its rules "
+     "from the Tensor on the other side")
     return (a, _lift(b, a)) if isinstance(a, Tensor) else (_lift(a, b), b)
 
 # %% ../nbs/08_autograd.ipynb #1ec27a31
 def unbroadcast(grad,  # gradient with respect to the broadcast result
                 shape): # shape of the operand before broadcasting
-    "Sum `grad` down to `shape`: the adjoint of numpy broadcasting an array of `shape` (eq. 3)"
+    ("Sum `grad` down to `shape`: "
+     "the adjoint of numpy broadcasting an array of `shape` (eq. 3)")
     if grad.shape == shape: return grad
     lead = grad.ndim - len(shape)
     if lead: grad = grad.sum(axis=tuple(range(lead)))   # axes numpy prepended
