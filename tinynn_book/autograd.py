@@ -107,31 +107,37 @@ def _operands(op, a, b): # op name; left operand; right operand (any type)
     "Both operands as Tensors, after checking that their shapes broadcast"
     a, b = _pair(a, b)
     try: np.broadcast_shapes(a.shape, b.shape)
-    except ValueError: raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
-                                        "(trailing dimensions must be equal or 1)") from None
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
+                         "(trailing dimensions must be equal or 1)") from None
     return a, b
 
 def add(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise sum a + b, with broadcasting"
     a, b = _operands('add', a, b)
-    return _result(a._data + b._data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), 'add')
+    return _result(a._data + b._data, (a, b),
+                   lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), 'add')
 
 def sub(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise difference a - b, with broadcasting"
     a, b = _operands('sub', a, b)
-    return _result(a._data - b._data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), 'sub')
+    return _result(a._data - b._data, (a, b),
+                   lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), 'sub')
 
 def mul(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise product of a and b, with broadcasting"
     a, b = _operands('mul', a, b)
-    return _result(a._data * b._data, (a, b), lambda g: (unbroadcast(g * b._data, a.shape) if a.requires_grad else None,
-                                                         unbroadcast(g * a._data, b.shape) if b.requires_grad else None), 'mul')
+    return _result(a._data * b._data, (a, b), lambda g: (
+        unbroadcast(g * b._data, a.shape) if a.requires_grad else None,
+        unbroadcast(g * a._data, b.shape) if b.requires_grad else None), 'mul')
 
 def div(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise quotient a / b, with broadcasting"
     a, b = _operands('div', a, b)
-    return _result(a._data / b._data, (a, b), lambda g: (unbroadcast(g / b._data, a.shape) if a.requires_grad else None,
-                                                         unbroadcast(-g * a._data / b._data**2, b.shape) if b.requires_grad else None), 'div')
+    return _result(a._data / b._data, (a, b), lambda g: (
+        unbroadcast(g / b._data, a.shape) if a.requires_grad else None,
+        unbroadcast(-g * a._data / b._data**2, b.shape) if b.requires_grad else None),
+                   'div')
 
 # %% ../nbs/08_autograd.ipynb #327fed5f
 def power(a, b): # base; exponent (a number or a Tensor)
@@ -139,8 +145,10 @@ def power(a, b): # base; exponent (a number or a Tensor)
     a, b = _operands('pow', a, b)
     out = a._data ** b._data
     def backward(g):
-        ga = unbroadcast(g * b._data * a._data ** (b._data - 1), a.shape) if a.requires_grad else None
-        gb = unbroadcast(g * out * np.log(a._data), b.shape) if b.requires_grad else None  # ln a: needs a > 0
+        ga = (unbroadcast(g * b._data * a._data ** (b._data - 1), a.shape)
+              if a.requires_grad else None)
+        # ln a: needs a > 0
+        gb = unbroadcast(g * out * np.log(a._data), b.shape) if b.requires_grad else None
         return ga, gb
     return _result(out, (a, b), backward, 'pow')
 
@@ -172,13 +180,15 @@ def tanh(self:Tensor):
 @patch
 def sigmoid(self:Tensor):
     "Elementwise logistic function 1 / (1 + exp(-x)), computed without overflow"
-    out = np.exp(-np.logaddexp(0, -self._data)).astype(self.dtype, copy=False)  # never overflows
+    # never overflows
+    out = np.exp(-np.logaddexp(0, -self._data)).astype(self.dtype, copy=False)
     return _result(out, (self,), lambda g: (g * out * (1 - out),), 'sigmoid')
 
 @patch
 def relu(self:Tensor):
     "Elementwise max(x, 0); the gradient is passed where x > 0"
-    return _result(np.maximum(self._data, 0), (self,), lambda g: (g * (self._data > 0),), 'relu')
+    return _result(np.maximum(self._data, 0), (self,),
+                   lambda g: (g * (self._data > 0),), 'relu')
 
 # %% ../nbs/08_autograd.ipynb #93a202f5
 def _matmul_operands(a, b):
@@ -188,16 +198,20 @@ def _matmul_operands(a, b):
     if ok:
         try: np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         except ValueError: ok = False
-    if not ok: raise ValueError(f"matmul: shapes {a.shape} @ {b.shape} do not match: both need at least 2 dimensions, "
-                                "(..., n, k) @ (..., k, m) with equal k and broadcastable leading axes")
+    if not ok:
+        raise ValueError(f"matmul: shapes {a.shape} @ {b.shape} do not match: "
+                         "both need at least 2 dimensions, (..., n, k) @ (..., k, m) "
+                         "with equal k and broadcastable leading axes")
     return a, b
 
 def matmul(a, b): # (..., n, k) and (..., k, m)
     "a @ b, with stacks of matrices broadcast like numpy's"
     a, b = _matmul_operands(a, b)
     def backward(g):
-        ga = unbroadcast(g @ np.swapaxes(b._data, -1, -2), a.shape) if a.requires_grad else None
-        gb = unbroadcast(np.swapaxes(a._data, -1, -2) @ g, b.shape) if b.requires_grad else None
+        ga = (unbroadcast(g @ np.swapaxes(b._data, -1, -2), a.shape)
+              if a.requires_grad else None)
+        gb = (unbroadcast(np.swapaxes(a._data, -1, -2) @ g, b.shape)
+              if b.requires_grad else None)
         return ga, gb
     return _result(a._data @ b._data, (a, b), backward, 'matmul')
 
@@ -209,11 +223,14 @@ def _axes(axis, ndim): # None, an int or a tuple of ints (negative allowed)
     if axis is None: return tuple(range(ndim))
     return tuple(sorted(a % ndim for a in (axis if isinstance(axis, tuple) else (axis,))))
 
-def _expand(g, shape, axis, keepdims): # gradient of a reduction's result; the input's shape; how it was reduced
+def _expand(g,               # gradient of a reduction's result
+            shape,           # the input's shape
+            axis, keepdims): # how it was reduced
     "Put back the reduced axes of `g` (as length 1) and broadcast it to `shape`"
     if not keepdims: g = np.expand_dims(g, _axes(axis, len(shape)))
     return np.broadcast_to(g, shape)
 
+# %% ../nbs/08_autograd.ipynb #377fb568
 @patch
 def sum(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
         keepdims=False): # keep the reduced axes, as length 1
@@ -225,46 +242,61 @@ def sum(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None f
 def mean(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
          keepdims=False): # keep the reduced axes, as length 1
     "Mean over `axis`, like `np.mean`; the mean over an empty axis is an error, not NaN"
-    count = math.prod(self.shape[a] for a in _axes(axis, self.ndim))   # how many inputs each output averages
-    if count == 0: raise ValueError(f"mean: axis {axis} of a tensor of shape {self.shape} is empty: "
-                                    "the mean of no numbers is undefined")
+    # how many inputs each output averages
+    count = math.prod(self.shape[a] for a in _axes(axis, self.ndim))
+    if count == 0:
+        raise ValueError(f"mean: axis {axis} of a tensor of shape {self.shape} is empty: "
+                         "the mean of no numbers is undefined")
     out = self._data.mean(axis=axis, keepdims=keepdims)
-    return _result(out, (self,), lambda g: (_expand(g / count, self.shape, axis, keepdims),), 'mean')
+    return _result(out, (self,),
+                   lambda g: (_expand(g / count, self.shape, axis, keepdims),), 'mean')
 
 @patch
 def max(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
         keepdims=False): # keep the reduced axes, as length 1
-    "Largest entry over `axis`; the gradient goes to the maximum, split evenly among ties (one subgradient)"
+    ("Largest entry over `axis`; the gradient goes to the maximum, "
+     "split evenly among ties (one subgradient)")
     top = self._data.max(axis=axis, keepdims=True)
     def backward(g):
         mask = self._data == top                      # ties share the gradient equally
-        return (_expand(g, self.shape, axis, keepdims) * mask / mask.sum(axis=axis, keepdims=True),)
-    return _result(top if keepdims else np.squeeze(top, _axes(axis, self.ndim)), (self,), backward, 'max')
+        return (_expand(g, self.shape, axis, keepdims) * mask
+                / mask.sum(axis=axis, keepdims=True),)
+    return _result(top if keepdims else np.squeeze(top, _axes(axis, self.ndim)), (self,),
+                   backward, 'max')
 
 # %% ../nbs/08_autograd.ipynb #4b72dc8d
 @patch
-def reshape(self:Tensor, *shape): # the new shape, as numpy takes it: reshape(2, 3) or reshape((2, 3)); one entry may be -1
+def reshape(self:Tensor,
+            *shape): # new shape, as numpy takes it: 2, 3 or (2, 3); one entry may be -1
     "The same numbers in a new shape, like `np.reshape`"
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     try: out = self._data.reshape(shape)
-    except ValueError: raise ValueError(f"reshape: cannot reshape {self.shape} ({self.size} elements) to {tuple(shape)}") from None
+    except ValueError:
+        raise ValueError(f"reshape: cannot reshape {self.shape} ({self.size} elements) "
+                         f"to {tuple(shape)}") from None
     return _result(out, (self,), lambda g: (g.reshape(self.shape),), 'reshape')
 
 @patch
 def transpose(self:Tensor, *axes): # a permutation of the axes; none to reverse them
-    "The axes permuted by `axes`, like `np.transpose`; the backward applies the inverse permutation"
+    ("The axes permuted by `axes`, like `np.transpose`; "
+     "the backward applies the inverse permutation")
     axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
     axes = tuple(axes) if axes else tuple(range(self.ndim))[::-1]
     inverse = tuple(np.argsort(axes))
-    return _result(self._data.transpose(axes), (self,), lambda g: (g.transpose(inverse),), 'transpose')
+    return _result(self._data.transpose(axes), (self,),
+                   lambda g: (g.transpose(inverse),), 'transpose')
 
-Tensor.T = property(lambda self: self.transpose(), doc="The axes reversed, like numpy's `.T`")
+Tensor.T = property(lambda self: self.transpose(),
+                    doc="The axes reversed, like numpy's `.T`")
 
+# %% ../nbs/08_autograd.ipynb #ff678708
 @patch
-def __getitem__(self:Tensor, idx): # anything numpy indexing takes; integer Tensors are used as index arrays
-    "Index as numpy does; the backward scatters the gradient back, adding at repeated indices"
-    idx = tuple(i._data if isinstance(i, Tensor) else i for i in idx) if isinstance(idx, tuple) else \
-          idx._data if isinstance(idx, Tensor) else idx
+def __getitem__(self:Tensor,
+                idx): # anything numpy indexing takes; integer Tensors act as index arrays
+    ("Index as numpy does; "
+     "the backward scatters the gradient back, adding at repeated indices")
+    idx = (tuple(i._data if isinstance(i, Tensor) else i for i in idx)
+           if isinstance(idx, tuple) else idx._data if isinstance(idx, Tensor) else idx)
     def backward(g):
         full = np.zeros(self.shape, dtype=np.result_type(g.dtype, self.dtype))
         np.add.at(full, idx, g)                        # repeated indices accumulate
@@ -277,14 +309,17 @@ def concatenate(tensors, # a sequence of Tensors (or arrays)
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     try: out = np.concatenate([t._data for t in tensors], axis=axis)
     except (ValueError, np.exceptions.AxisError) as e:
-        raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} do not join along axis {axis}: {e}") from None
+        raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} "
+                         f"do not join along axis {axis}: {e}") from None
     cuts = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-    return _result(out, tuple(tensors), lambda g: tuple(np.split(g, cuts, axis=axis)), 'concatenate')
+    return _result(out, tuple(tensors), lambda g: tuple(np.split(g, cuts, axis=axis)),
+                   'concatenate')
 
 # %% ../nbs/08_autograd.ipynb #f8a5b37b
 @patch
 def _topological_order(self:Tensor):
-    "The tensors `self` depends on that need a gradient, each after all of its parents; iterative, so depth is unlimited"
+    ("The tensors `self` depends on that need a gradient, each after all of its parents; "
+     "iterative, so depth is unlimited")
     order, seen, stack = [], set(), [(self, False)]
     while stack:
         node, expanded = stack.pop()
@@ -292,44 +327,54 @@ def _topological_order(self:Tensor):
         if id(node) in seen: continue
         seen.add(id(node))
         if node._freed:
-            raise RuntimeError(f"backward through a graph that an earlier backward() freed (at a {node.op!r} result): "
-                               "compute the forward pass again, or call the first backward(retain_graph=True)")
+            raise RuntimeError(
+                "backward through a graph that an earlier backward() freed "
+                f"(at a {node.op!r} result): compute the forward pass again, "
+                "or call the first backward(retain_graph=True)")
         stack.append((node, True))
-        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
+        stack.extend((p, False) for p in node._parents
+                     if p.requires_grad and id(p) not in seen)
     return order
 
 # %% ../nbs/08_autograd.ipynb #340d1cfb
 @patch
-def backward(self:Tensor, grad=None,  # dL/dself, an array of self's shape; None for a one-element tensor (means 1)
-             retain_graph=False):     # keep the graph so that backward can run through it again
-    "Accumulate the gradient of `self` into `.grad` of every leaf it depends on that requires a gradient"
+def backward(self:Tensor, grad=None,  # dL/dself, self's shape; None (=1) if one element
+             retain_graph=False):     # keep the graph: backward can run through it again
+    ("Accumulate the gradient of `self` into `.grad` of every leaf it depends on "
+     "that requires a gradient")
     if not self.requires_grad:
-        raise RuntimeError("backward() on a tensor that does not require a gradient: no input of its computation was "
-                           "created with requires_grad=True, or it was computed inside no_grad()")
+        raise RuntimeError("backward() on a tensor that does not require a gradient: "
+                           "no input of its computation was created with "
+                           "requires_grad=True, or it was computed inside no_grad()")
     if grad is None:
-        if self.size != 1: raise RuntimeError(f"backward() without a gradient needs a one-element tensor, got shape {self.shape}: "
-                                              "pass grad=, an array of that shape (e.g. reduce to a scalar loss first)")
+        if self.size != 1: raise RuntimeError(
+            "backward() without a gradient needs a one-element tensor, "
+            f"got shape {self.shape}: pass grad=, an array of that shape "
+            "(e.g. reduce to a scalar loss first)")
         grad = np.ones_like(self._data)
     grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad)
-    if grad.shape != self.shape: raise ValueError(f"backward: grad has shape {grad.shape}, but the tensor has shape {self.shape}")
-    grads, shared = {id(self): grad.astype(self.dtype, copy=False)}, {id(grad)}   # shared: arrays a leaf must copy
+    if grad.shape != self.shape: raise ValueError(
+        f"backward: grad has shape {grad.shape}, but the tensor has shape {self.shape}")
+    grads, shared = {id(self): grad.astype(self.dtype, copy=False)}, {id(grad)}
     for node in reversed(self._topological_order()):
         g = grads.pop(id(node))
-        if node._backward is None:             # a leaf: accumulate into an array of its own
+        if node._backward is None:  # a leaf: accumulate into an array of its own
             if node.grad is not None: node.grad = node.grad + g
-            elif isinstance(g, np.ndarray) and g.base is None and g.flags.writeable and id(g) not in shared: node.grad = g
-            else: node.grad = np.array(g, dtype=node.dtype)   # a view, or an array someone else holds: copy
-            shared.add(id(node.grad))
-            continue
+            elif (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
+                  and id(g) not in shared): node.grad = g
+            else: node.grad = np.array(g, dtype=node.dtype)   # a view, or not ours: copy
+            shared.add(id(node.grad)); continue  # shared: arrays a leaf must copy
         if node._version or any(p._version != v for p, v in zip(node._parents, node._versions)):
-            raise RuntimeError(f"backward through {node.op!r}: an array it saved for backward was changed in place "
-                               "(through .data) after the forward pass; compute the forward pass again after changing it")
-        for parent, pg in zip(node._parents, node._backward(g)):
+            raise RuntimeError(f"backward through {node.op!r}: an array it saved for "
+                               "backward was changed in place (through .data) after the "
+                               "forward pass; compute the forward pass again after changing it")
+        for parent, pg in zip(node._parents, node._backward(g)):  # eq. (2): paths add
             if pg is None or not parent.requires_grad: continue
             if pg.shape != parent.shape:
-                raise RuntimeError(f"{node.op} backward returned a gradient of shape {pg.shape} for an input of shape {parent.shape}")
+                raise RuntimeError(f"{node.op} backward returned a gradient of shape "
+                                   f"{pg.shape} for an input of shape {parent.shape}")
             pg = pg.astype(parent.dtype, copy=False)
-            grads[id(parent)] = grads[id(parent)] + pg if id(parent) in grads else pg   # eq. (2): paths add
+            grads[id(parent)] = grads[id(parent)] + pg if id(parent) in grads else pg
         if not retain_graph: node._parents, node._backward, node._freed = (), None, True
 
 # %% ../nbs/08_autograd.ipynb #1001dd6a
