@@ -380,25 +380,32 @@ def backward(self:Tensor, grad=None,  # dL/dself, self's shape; None (=1) if one
 # %% ../nbs/08_autograd.ipynb #1001dd6a
 @contextlib.contextmanager
 def no_grad():
-    "Within this block, in this thread, operations record no graph: results need no gradient and hold no memory"
+    ("Within this block, in this thread, operations record no graph: "
+     "results need no gradient and hold no memory")
     token = _grad_enabled.set(False)
     try: yield
-    finally: _grad_enabled.reset(token)   # back to what it was before: nested blocks stay off until the outermost ends
+    # back to what it was before: nested blocks stay off until the outermost ends
+    finally: _grad_enabled.reset(token)
 
 # %% ../nbs/08_autograd.ipynb #efeaa876
-_WRITERS = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal}  # numpy functions that write their first argument
+# numpy functions that write their first argument
+_WRITERS = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal}
 
 class _Data(np.ndarray):
-    "What `Tensor.data` hands out: a view of the tensor's array whose in-place writes bump the tensor's version"
-    def __array_finalize__(self, obj):  # a view of a watched array is watched too; a copy is not
+    ("What `Tensor.data` hands out: a view of the tensor's array "
+     "whose in-place writes bump the tensor's version")
+    def __array_finalize__(self, obj):  # views of watched arrays are watched; copies not
         owner = getattr(obj, '_owner', None)
-        self._owner = owner if owner is not None and np.may_share_memory(self, obj) else None
+        self._owner = (owner if owner is not None and np.may_share_memory(self, obj)
+                       else None)
     def _bump(self):
         if self._owner is not None: self._owner._version += 1
-    def __setitem__(self, index, value): self._bump(); np.ndarray.__setitem__(self, index, value)
+    def __setitem__(self, index, value):
+        self._bump(); np.ndarray.__setitem__(self, index, value)
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        # x += 1, np.add(a, b, out=x), np.add.at(x, i, v)
         for a in (out or ()) + (inputs[:1] if method == 'at' else ()):
-            if isinstance(a, _Data): a._bump()        # x += 1, np.add(a, b, out=x), np.add.at(x, i, v)
+            if isinstance(a, _Data): a._bump()
         plain = lambda a: a.view(np.ndarray) if isinstance(a, _Data) else a
         if out is not None: kwargs['out'] = tuple(map(plain, out))
         result = getattr(ufunc, method)(*map(plain, inputs), **kwargs)
@@ -408,31 +415,39 @@ class _Data(np.ndarray):
         return super().__array_function__(func, types, args, kwargs)
     def __repr__(self): return repr(self.view(np.ndarray))
 def _writer(name):
-    def write(self, *args, **kwargs): self._bump(); return getattr(np.ndarray, name)(self, *args, **kwargs)
+    def write(self, *args, **kwargs):
+        self._bump(); return getattr(np.ndarray, name)(self, *args, **kwargs)
     return write
 for _name in ('fill', 'sort', 'partition', 'put'): setattr(_Data, _name, _writer(_name))
 
+# %% ../nbs/08_autograd.ipynb #1f3999b9
 def _get_data(self):
     view = self._data.view(_Data); view._owner = self
     return view
 
 def _set_data(self, value):
-    "Replace the array: a change like an in-place write (`t.data += 1` also ends here, with the same array)"
-    if isinstance(value, _Data) and value._owner is self and value.shape == self.shape: return  # counted already
+    ("Replace the array: a change like an in-place write "
+     "(`t.data += 1` also ends here, with the same array)")
+    if isinstance(value, _Data) and value._owner is self and value.shape == self.shape:
+        return  # counted already
     array = np.asarray(value)
     if self.requires_grad and not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"only floating-point arrays can be the data of a tensor that requires a gradient, got {array.dtype}")
+        raise TypeError("only floating-point arrays can be the data of a tensor "
+                        f"that requires a gradient, got {array.dtype}")
     self._data, self._version = array, self._version + 1
 
-Tensor.data = property(_get_data, _set_data, doc="The array; writes through it are counted in the tensor's version")
+Tensor.data = property(_get_data, _set_data, doc="The array; writes through it are "
+                       "counted in the tensor's version")
 
 # %% ../nbs/08_autograd.ipynb #eee5e9cd
 def check_tensor_grads(f,      # f(*tensors) -> Tensor, built from Tensor operations
                        *xs,    # the inputs: arrays, converted to float64
                        rng=0): # seed or Generator for the random output weighting
-    "Relative error of autograd's gradient of `f` with respect to each input, against central differences (chapter 0)"
+    ("Relative error of autograd's gradient of `f` with respect to each input, "
+     "against central differences (chapter 0)")
     xs = [np.array(x, dtype=np.float64) for x in xs]
-    leaves = [Tensor(x, requires_grad=True) for x in xs]   # the Tensors share the arrays the checker perturbs
+    # the Tensors share the arrays the checker perturbs
+    leaves = [Tensor(x, requires_grad=True) for x in xs]
     out = f(*leaves)
     weights = get_rng(rng).normal(size=out.shape)
     out.backward(weights)
