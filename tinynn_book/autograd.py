@@ -457,67 +457,87 @@ def check_tensor_grads(f,      # f(*tensors) -> Tensor, built from Tensor operat
 
 # %% ../nbs/08_autograd.ipynb #b3aac078
 def softmax_cross_entropy(logits, # Tensor (N, C) of scores
-                          labels): # integer class indices (N,): an array, list or integer Tensor
-    "Mean cross-entropy of softmax(logits) against integer labels, as one op: stable forward, (softmax - onehot)/N backward"
+                          labels): # integer class indices (N,): array, list or int Tensor
+    ("Mean cross-entropy of softmax(logits) against integer labels, as one op: "
+     "stable forward, (softmax - onehot)/N backward")
     logits = logits if isinstance(logits, Tensor) else Tensor(logits)
     labels = np.asarray(labels._data if isinstance(labels, Tensor) else labels)
-    if logits.ndim != 2 or logits.size == 0 or labels.shape != (len(logits),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"softmax_cross_entropy: expected logits (N, C) and integer labels (N,), got logits {logits.shape} "
+    if (logits.ndim != 2 or logits.size == 0 or labels.shape != (len(logits),)
+            or not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError("softmax_cross_entropy: expected logits (N, C) "
+                         f"and integer labels (N,), got logits {logits.shape} "
                          f"and labels {labels.shape} of dtype {labels.dtype}")
     N, C = logits.shape
     if labels.min() < 0 or labels.max() >= C:
-        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {C}), got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {C}), "
+                         f"got values in [{labels.min()}, {labels.max()}]")
     rows = np.arange(N)
     loss = -log_softmax(logits._data)[rows, labels].mean()    # chapter 2's log-sum-exp
     def backward(g):
         grad = softmax(logits._data)
         grad[rows, labels] -= 1
         return (grad * g / N,)
-    return _result(np.asarray(loss, dtype=logits.dtype), (logits,), backward, 'softmax_cross_entropy')
+    return _result(np.asarray(loss, dtype=logits.dtype), (logits,), backward,
+                   'softmax_cross_entropy')
 
 # %% ../nbs/08_autograd.ipynb #7b4acc01
 class AutogradLayer(Layer):
-    "A Layer whose subclasses write only `compute(x, **params)` with Tensor ops; backward is the tape's"
-    def compute(self, x, **params): raise NotImplementedError  # Tensors in (params by name), Tensor out
+    ("A Layer whose subclasses write only `compute(x, **params)` with Tensor ops; "
+     "backward is the tape's")
+    # Tensors in (params by name), Tensor out
+    def compute(self, x, **params): raise NotImplementedError
 
     def __init__(self, *args, **kwargs):
-        if type(self).compute is AutogradLayer.compute:   # a checkpoint may name the base class: refuse it, as Layer is
-            raise TypeError(f"{type(self).__name__} is abstract: subclass AutogradLayer and write compute(x, **params)")
+        # a checkpoint may name the base class: refuse it, as Layer is
+        if type(self).compute is AutogradLayer.compute:
+            raise TypeError(f"{type(self).__name__} is abstract: "
+                            "subclass AutogradLayer and write compute(x, **params)")
         super().__init__(*args, **kwargs)
 
-    def __init_subclass__(cls, **kwargs):  # a subclass that writes compute constructs, and is documented, as its next base
+    # a subclass that writes compute constructs, and is documented, as its next base
+    def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if 'compute' in vars(cls) and '__init__' not in vars(cls):
-            cls.__init__ = next(c.__init__ for c in cls.__mro__[1:] if '__init__' in vars(c) and c is not AutogradLayer)
+            cls.__init__ = next(c.__init__ for c in cls.__mro__[1:]
+                                if '__init__' in vars(c) and c is not AutogradLayer)
 
     def to(self, device): # 'cpu'; any other device is refused
-        "Autograd layers stay on the CPU (chapter 8's Tensor computes with numpy): moving to 'cpu' is all they allow"
+        ("Autograd layers stay on the CPU (chapter 8's Tensor computes with numpy): "
+         "moving to 'cpu' is all they allow")
         if get_device(device).name != 'cpu':
-            raise ValueError(f"{self!r} cannot move to {device!r}: autograd layers are CPU-only (the Tensor computes with numpy)")
+            raise ValueError(f"{self!r} cannot move to {device!r}: autograd layers are "
+                             "CPU-only (the Tensor computes with numpy)")
         return super().to(device)
 
 # %% ../nbs/08_autograd.ipynb #36ca6bd5
 @patch
 def forward(self:AutogradLayer, x): # a batch, as `compute` takes it
     "Run `compute` on Tensors; in training mode keep the tape for one `backward`"
-    x, self._y = as_float(x), None            # a new forward replaces the last tape, in evaluation mode too
+    # a new forward replaces the last tape, in evaluation mode too
+    x, self._y = as_float(x), None
     if not self.training:
-        with no_grad(): return self.compute(Tensor(x), **{k: Tensor(v) for k, v in self.params.items()})._data
+        with no_grad():
+            return self.compute(Tensor(x),
+                                **{k: Tensor(v) for k, v in self.params.items()})._data
     self._x = Tensor(x, requires_grad=self.needs_input_grad)
     self._leaves = {k: Tensor(v, requires_grad=True) for k, v in self.params.items()}
     self._y = self.compute(self._x, **self._leaves)
     return self._y._data
 
 @patch
-def backward(self:AutogradLayer, grad): # dL/dy, of the last training forward's output shape
-    "Run the tape backward from `grad`: fills `grads`, returns the input's gradient (zero where nothing depends on it)"
+def backward(self:AutogradLayer, grad): # dL/dy, the last training forward's output shape
+    ("Run the tape backward from `grad`: fills `grads`, "
+     "returns the input's gradient (zero where nothing depends on it)")
     y = getattr(self, '_y', None)
-    if y is None: raise RuntimeError(f"{self!r}.backward needs a forward pass in training mode first "
-                                     "(each forward's tape serves one backward)")
-    if np.shape(grad) != y.shape: raise ValueError(f"{self!r}.backward expected grad of shape {y.shape}, got {np.shape(grad)}")
-    self._y = None                                    # the tape is spent, whatever happens below
+    if y is None: raise RuntimeError(
+        f"{self!r}.backward needs a forward pass in training mode first "
+        "(each forward's tape serves one backward)")
+    if np.shape(grad) != y.shape: raise ValueError(
+        f"{self!r}.backward expected grad of shape {y.shape}, got {np.shape(grad)}")
+    self._y = None  # the tape is spent, whatever happens below
     if y.requires_grad: y.backward(grad)
-    zero_if_none = lambda t: t.grad if t.grad is not None else np.zeros_like(t._data)   # nothing reached it: 0
+    # nothing reached it: 0
+    zero_if_none = lambda t: t.grad if t.grad is not None else np.zeros_like(t._data)
     self.grads = {k: zero_if_none(leaf) for k, leaf in self._leaves.items()}
     return zero_if_none(self._x) if self.needs_input_grad else None
 
@@ -528,7 +548,8 @@ class SiLU(AutogradLayer):
 
 class GELU(AutogradLayer):
     "Gaussian error linear unit, tanh approximation; its backward is derived by autograd"
-    def compute(self, x): return 0.5 * x * (1 + (math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)).tanh())
+    def compute(self, x):
+        return 0.5 * x * (1 + (math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)).tanh())
 
 class AutoReLU(AutogradLayer):
     "ReLU written as a forward pass only"
@@ -539,7 +560,8 @@ class AutoFlatten(AutogradLayer):
     def compute(self, x): return x.reshape(len(x), -1)
 
 class AutoDense(AutogradLayer, Dense):
-    "Dense with its hand-written backward thrown away: same parameters, same initialisation, forward x @ w + b"
+    ("Dense with its hand-written backward thrown away: "
+     "same parameters, same initialisation, forward x @ w + b")
     def compute(self, x, w, b): return x @ w + b
 
 # %% ../nbs/08_autograd.ipynb #ce88b5d3
