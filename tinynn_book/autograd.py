@@ -566,11 +566,15 @@ class AutoDense(AutogradLayer, Dense):
 
 # %% ../nbs/08_autograd.ipynb #ce88b5d3
 class AutogradLoss(Loss):
-    "A Loss whose subclasses write only `compute(pred, target)` with Tensor ops; `grad` is the tape's"
-    def compute(self, pred, target): raise NotImplementedError  # pred: Tensor; returns a one-element Tensor
+    ("A Loss whose subclasses write only `compute(pred, target)` with Tensor ops; "
+     "`grad` is the tape's")
+    # pred: Tensor; returns a one-element Tensor
+    def compute(self, pred, target): raise NotImplementedError
     def __init__(self, *args, **kwargs):
-        if type(self).compute is AutogradLoss.compute:   # a checkpoint may name the base class: refuse it
-            raise TypeError(f"{type(self).__name__} is abstract: subclass AutogradLoss and write compute(pred, target)")
+        # a checkpoint may name the base class: refuse it
+        if type(self).compute is AutogradLoss.compute:
+            raise TypeError(f"{type(self).__name__} is abstract: "
+                            "subclass AutogradLoss and write compute(pred, target)")
         super().__init__(*args, **kwargs)
     def loss(self, pred, target):
         "The loss as a Python float, computed without a tape"
@@ -587,14 +591,19 @@ class AutoSoftmaxCrossEntropy(AutogradLoss, SoftmaxCrossEntropy):
 
 def auto_mlp(rng=None,            # seed or Generator for the initial weights
              dtype=DEFAULT_DTYPE): # parameter dtype
-    "Chapter 6's 784-400-100-10 MLP, built from autograd layers; the same seed gives the same weights"
+    ("Chapter 6's 784-400-100-10 MLP, built from autograd layers; "
+     "the same seed gives the same weights")
     rng = get_rng(rng)
     return Net([AutoFlatten(), AutoDense(784, 400, rng=rng, dtype=dtype), AutoReLU(),
-                AutoDense(400, 100, rng=rng, dtype=dtype), AutoReLU(), AutoDense(100, 10, rng=rng, dtype=dtype)])
+                AutoDense(400, 100, rng=rng, dtype=dtype), AutoReLU(),
+                AutoDense(100, 10, rng=rng, dtype=dtype)])
 
 # %% ../nbs/08_autograd.ipynb #2b319ae6
-def graph_mlp_step(leaves, x, y, optimizer): # leaves: 'i.w'/'i.b' -> Tensor (from an `mlp` net's params); one batch; an Optimizer
-    "One training step of chapter 6's MLP written as a single graph: forward, `loss.backward()`, update; returns the loss"
+def graph_mlp_step(leaves,     # 'i.w'/'i.b' -> Tensor (from an `mlp` net's params)
+                   x, y,       # one batch
+                   optimizer): # an Optimizer
+    ("One training step of chapter 6's MLP written as a single graph: "
+     "forward, `loss.backward()`, update; returns the loss")
     h = Tensor(x).reshape(len(x), -1)
     for i in (1, 3): h = (h @ leaves[f'{i}.w'] + leaves[f'{i}.b']).relu()
     loss = softmax_cross_entropy(h @ leaves['5.w'] + leaves['5.b'], y)
