@@ -31,10 +31,9 @@ class Tensor:
                  requires_grad=False,    # a leaf: `backward()` fills in its `.grad`
                  dtype=None):            # convert `data` to this dtype first
         if isinstance(data, Tensor): data = data._data
-        if device_of(data) != 'cpu':
-            raise TypeError("Tensor: autograd is CPU-only (it computes with numpy), "
-                            f"got an array on {device_of(data)!r}; "
-                            "bring it back with to_numpy first")
+        if device_of(data) != 'cpu': raise TypeError(
+            "Tensor: autograd is CPU-only (it computes with numpy), got an array on "
+            f"{device_of(data)!r}; bring it back with to_numpy first")
         array = np.asarray(data, dtype=dtype)
         if (dtype is None and array.dtype == np.float64
                 and not isinstance(data, (np.ndarray, np.generic))):
@@ -56,7 +55,8 @@ class Tensor:
     def item(self):
         "The value of a one-element tensor as a Python number"; return self._data.item()
     def detach(self): "The same array with no history: a constant for autograd"; return Tensor(self._data)
-    def zero_grad(self): "Forget the gradient accumulated by earlier backward calls"; self.grad = None
+    def zero_grad(self):
+        "Forget the gradient accumulated by earlier backward calls"; self.grad = None
     def __repr__(self):
         extra = (f", op={self.op!r}" if self.op
                  else ", requires_grad=True" if self.requires_grad else "")
