@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib, contextvars, math
 import numpy as np
 from fastcore.basics import patch
-from .tensor import DEFAULT_DTYPE, as_float, device_of, get_device, get_rng, grad_check
+from .tensor import (DEFAULT_DTYPE, as_float, device_of, get_device, get_rng,
+                                grad_check)
 from .layers import Layer, Dense
 from .losses import Loss, SoftmaxCrossEntropy, log_softmax, softmax
 from .model import Net
@@ -18,68 +19,83 @@ __all__ = ['Tensor', 'unbroadcast', 'add', 'sub', 'mul', 'div', 'power', 'matmul
            'AutogradLoss', 'AutoSoftmaxCrossEntropy', 'auto_mlp', 'graph_mlp_step']
 
 # %% ../nbs/08_autograd.ipynb #8b9d3988
-_grad_enabled = contextvars.ContextVar('grad_enabled', default=True)  # off inside `with no_grad():`
+# off inside `with no_grad():`
+_grad_enabled = contextvars.ContextVar('grad_enabled', default=True)
 
+# %% ../nbs/08_autograd.ipynb #9116e28a
 class Tensor:
-    "A numpy array that records how it was computed, so `backward()` can apply the chain rule through it"
-    __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__ instead of looping over the array
-
-    def __init__(self, data,             # array-like: Python floats become float32, Python ints int64; numpy arrays keep their dtype
-                 requires_grad=False,    # a leaf whose gradient `backward()` fills in `.grad`
+    ("A numpy array that records how it was computed, "
+     "so `backward()` can apply the chain rule through it")
+    __array_ufunc__ = None  # ndarray * tensor calls Tensor.__rmul__, no elementwise loop
+    def __init__(self, data, # array-like; float→float32, int→int64, ndarray keeps dtype
+                 requires_grad=False,    # a leaf: `backward()` fills in its `.grad`
                  dtype=None):            # convert `data` to this dtype first
         if isinstance(data, Tensor): data = data._data
-        if device_of(data) != 'cpu':
-            raise TypeError(f"Tensor: autograd is CPU-only (it computes with numpy), got an array on {device_of(data)!r}; "
-                            "bring it back with to_numpy first")
+        if device_of(data) != 'cpu': raise TypeError(
+            "Tensor: autograd is CPU-only (it computes with numpy), got an array on "
+            f"{device_of(data)!r}; bring it back with to_numpy first")
         array = np.asarray(data, dtype=dtype)
-        if dtype is None and array.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
+        if (dtype is None and array.dtype == np.float64
+                and not isinstance(data, (np.ndarray, np.generic))):
             array = array.astype(DEFAULT_DTYPE)
         if requires_grad and not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"only floating-point tensors can require a gradient, got dtype {array.dtype}; "
-                            "convert first, e.g. Tensor(data, requires_grad=True, dtype=np.float32)")
+            raise TypeError("only floating-point tensors can require a gradient, "
+                            f"got dtype {array.dtype}; convert first, "
+                            "e.g. Tensor(data, requires_grad=True, dtype=np.float32)")
         self._data, self.requires_grad, self.grad = array, bool(requires_grad), None
         self._parents, self._backward, self.op, self._freed = (), None, '', False
-        self._version, self._versions = 0, ()  # writes through `data` so far; the parents' versions when recorded
-
-    data = property(lambda self: self._data, doc="The array (its in-place writes are counted from section 'In-place changes')")
+        self._version, self._versions = 0, ()  # writes via .data; parents' when recorded
+    data = property(lambda self: self._data, doc="The array (its in-place writes are "
+                    "counted from section 'In-place changes')")
     shape = property(lambda self: self._data.shape)
     dtype = property(lambda self: self._data.dtype)
     ndim = property(lambda self: self._data.ndim)
     size = property(lambda self: self._data.size)
     def __len__(self): return len(self._data)
-    def item(self): "The value of a one-element tensor as a Python number"; return self._data.item()
+    def item(self):
+        "The value of a one-element tensor as a Python number"; return self._data.item()
     def detach(self): "The same array with no history: a constant for autograd"; return Tensor(self._data)
-    def zero_grad(self): "Forget the gradient accumulated by earlier backward calls"; self.grad = None
-
+    def zero_grad(self):
+        "Forget the gradient accumulated by earlier backward calls"; self.grad = None
     def __repr__(self):
-        extra = f", op={self.op!r}" if self.op else ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, dtype={self.dtype}{extra})"
+        extra = (f", op={self.op!r}" if self.op
+                 else ", requires_grad=True" if self.requires_grad else "")
+        return (f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, "
+                f"dtype={self.dtype}{extra})")
 
 # %% ../nbs/08_autograd.ipynb #42233fd7
-def _result(data, parents, backward, op): # numpy result; input Tensors; closure grad -> parents' grads; op name
-    "The Tensor holding `data`; it records `parents` and `backward` only if one of the parents needs a gradient"
+def _result(data,     # numpy result
+            parents,  # input Tensors
+            backward, # closure grad -> parents' grads
+            op):      # op name
+    ("The Tensor holding `data`; it records `parents` and `backward` "
+     "only if one of the parents needs a gradient")
     out = Tensor(data)
     out.op = op
     if _grad_enabled.get() and any(p.requires_grad for p in parents):
         out.requires_grad, out._parents, out._backward = True, parents, backward
-        out._versions = tuple(p._version for p in parents)   # backward checks that nobody wrote to them since
+        # backward checks that nobody wrote to them since
+        out._versions = tuple(p._version for p in parents)
     return out
 
 def _lift(x, like): # any operand; the Tensor on the other side
     "`x` as a Tensor; a plain number takes `like`'s float dtype, so `2 * x` stays float32"
     if isinstance(x, Tensor): return x
-    if isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and np.issubdtype(like.dtype, np.floating):
+    if (isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+            and np.issubdtype(like.dtype, np.floating)):
         return Tensor(np.asarray(x, dtype=like.dtype))
     return Tensor(x)
 
 def _pair(a, b): # two operands, at least one of them a Tensor
-    "Both as Tensors; a plain number or array takes its rules from the Tensor on the other side"
+    ("Both as Tensors; a plain number or array takes its rules "
+     "from the Tensor on the other side")
     return (a, _lift(b, a)) if isinstance(a, Tensor) else (_lift(a, b), b)
 
 # %% ../nbs/08_autograd.ipynb #1ec27a31
 def unbroadcast(grad,  # gradient with respect to the broadcast result
                 shape): # shape of the operand before broadcasting
-    "Sum `grad` down to `shape`: the adjoint of numpy broadcasting an array of `shape` (eq. 3)"
+    ("Sum `grad` down to `shape`: "
+     "the adjoint of numpy broadcasting an array of `shape` (eq. 3)")
     if grad.shape == shape: return grad
     lead = grad.ndim - len(shape)
     if lead: grad = grad.sum(axis=tuple(range(lead)))   # axes numpy prepended
@@ -91,31 +107,37 @@ def _operands(op, a, b): # op name; left operand; right operand (any type)
     "Both operands as Tensors, after checking that their shapes broadcast"
     a, b = _pair(a, b)
     try: np.broadcast_shapes(a.shape, b.shape)
-    except ValueError: raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
-                                        "(trailing dimensions must be equal or 1)") from None
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
+                         "(trailing dimensions must be equal or 1)") from None
     return a, b
 
 def add(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise sum a + b, with broadcasting"
     a, b = _operands('add', a, b)
-    return _result(a._data + b._data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), 'add')
+    return _result(a._data + b._data, (a, b),
+                   lambda g: (unbroadcast(g, a.shape), unbroadcast(g, b.shape)), 'add')
 
 def sub(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise difference a - b, with broadcasting"
     a, b = _operands('sub', a, b)
-    return _result(a._data - b._data, (a, b), lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), 'sub')
+    return _result(a._data - b._data, (a, b),
+                   lambda g: (unbroadcast(g, a.shape), unbroadcast(-g, b.shape)), 'sub')
 
 def mul(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise product of a and b, with broadcasting"
     a, b = _operands('mul', a, b)
-    return _result(a._data * b._data, (a, b), lambda g: (unbroadcast(g * b._data, a.shape) if a.requires_grad else None,
-                                                         unbroadcast(g * a._data, b.shape) if b.requires_grad else None), 'mul')
+    return _result(a._data * b._data, (a, b), lambda g: (
+        unbroadcast(g * b._data, a.shape) if a.requires_grad else None,
+        unbroadcast(g * a._data, b.shape) if b.requires_grad else None), 'mul')
 
 def div(a, b): # Tensors, numbers or arrays (at least one a Tensor)
     "Elementwise quotient a / b, with broadcasting"
     a, b = _operands('div', a, b)
-    return _result(a._data / b._data, (a, b), lambda g: (unbroadcast(g / b._data, a.shape) if a.requires_grad else None,
-                                                         unbroadcast(-g * a._data / b._data**2, b.shape) if b.requires_grad else None), 'div')
+    return _result(a._data / b._data, (a, b), lambda g: (
+        unbroadcast(g / b._data, a.shape) if a.requires_grad else None,
+        unbroadcast(-g * a._data / b._data**2, b.shape) if b.requires_grad else None),
+                   'div')
 
 # %% ../nbs/08_autograd.ipynb #327fed5f
 def power(a, b): # base; exponent (a number or a Tensor)
@@ -123,8 +145,10 @@ def power(a, b): # base; exponent (a number or a Tensor)
     a, b = _operands('pow', a, b)
     out = a._data ** b._data
     def backward(g):
-        ga = unbroadcast(g * b._data * a._data ** (b._data - 1), a.shape) if a.requires_grad else None
-        gb = unbroadcast(g * out * np.log(a._data), b.shape) if b.requires_grad else None  # ln a: needs a > 0
+        ga = (unbroadcast(g * b._data * a._data ** (b._data - 1), a.shape)
+              if a.requires_grad else None)
+        # ln a: needs a > 0
+        gb = unbroadcast(g * out * np.log(a._data), b.shape) if b.requires_grad else None
         return ga, gb
     return _result(out, (a, b), backward, 'pow')
 
@@ -156,13 +180,15 @@ def tanh(self:Tensor):
 @patch
 def sigmoid(self:Tensor):
     "Elementwise logistic function 1 / (1 + exp(-x)), computed without overflow"
-    out = np.exp(-np.logaddexp(0, -self._data)).astype(self.dtype, copy=False)  # never overflows
+    # never overflows
+    out = np.exp(-np.logaddexp(0, -self._data)).astype(self.dtype, copy=False)
     return _result(out, (self,), lambda g: (g * out * (1 - out),), 'sigmoid')
 
 @patch
 def relu(self:Tensor):
     "Elementwise max(x, 0); the gradient is passed where x > 0"
-    return _result(np.maximum(self._data, 0), (self,), lambda g: (g * (self._data > 0),), 'relu')
+    return _result(np.maximum(self._data, 0), (self,),
+                   lambda g: (g * (self._data > 0),), 'relu')
 
 # %% ../nbs/08_autograd.ipynb #93a202f5
 def _matmul_operands(a, b):
@@ -172,16 +198,20 @@ def _matmul_operands(a, b):
     if ok:
         try: np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         except ValueError: ok = False
-    if not ok: raise ValueError(f"matmul: shapes {a.shape} @ {b.shape} do not match: both need at least 2 dimensions, "
-                                "(..., n, k) @ (..., k, m) with equal k and broadcastable leading axes")
+    if not ok:
+        raise ValueError(f"matmul: shapes {a.shape} @ {b.shape} do not match: "
+                         "both need at least 2 dimensions, (..., n, k) @ (..., k, m) "
+                         "with equal k and broadcastable leading axes")
     return a, b
 
 def matmul(a, b): # (..., n, k) and (..., k, m)
     "a @ b, with stacks of matrices broadcast like numpy's"
     a, b = _matmul_operands(a, b)
     def backward(g):
-        ga = unbroadcast(g @ np.swapaxes(b._data, -1, -2), a.shape) if a.requires_grad else None
-        gb = unbroadcast(np.swapaxes(a._data, -1, -2) @ g, b.shape) if b.requires_grad else None
+        ga = (unbroadcast(g @ np.swapaxes(b._data, -1, -2), a.shape)
+              if a.requires_grad else None)
+        gb = (unbroadcast(np.swapaxes(a._data, -1, -2) @ g, b.shape)
+              if b.requires_grad else None)
         return ga, gb
     return _result(a._data @ b._data, (a, b), backward, 'matmul')
 
@@ -193,11 +223,14 @@ def _axes(axis, ndim): # None, an int or a tuple of ints (negative allowed)
     if axis is None: return tuple(range(ndim))
     return tuple(sorted(a % ndim for a in (axis if isinstance(axis, tuple) else (axis,))))
 
-def _expand(g, shape, axis, keepdims): # gradient of a reduction's result; the input's shape; how it was reduced
+def _expand(g,               # gradient of a reduction's result
+            shape,           # the input's shape
+            axis, keepdims): # how it was reduced
     "Put back the reduced axes of `g` (as length 1) and broadcast it to `shape`"
     if not keepdims: g = np.expand_dims(g, _axes(axis, len(shape)))
     return np.broadcast_to(g, shape)
 
+# %% ../nbs/08_autograd.ipynb #377fb568
 @patch
 def sum(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
         keepdims=False): # keep the reduced axes, as length 1
@@ -209,46 +242,61 @@ def sum(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None f
 def mean(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
          keepdims=False): # keep the reduced axes, as length 1
     "Mean over `axis`, like `np.mean`; the mean over an empty axis is an error, not NaN"
-    count = math.prod(self.shape[a] for a in _axes(axis, self.ndim))   # how many inputs each output averages
-    if count == 0: raise ValueError(f"mean: axis {axis} of a tensor of shape {self.shape} is empty: "
-                                    "the mean of no numbers is undefined")
+    # how many inputs each output averages
+    count = math.prod(self.shape[a] for a in _axes(axis, self.ndim))
+    if count == 0:
+        raise ValueError(f"mean: axis {axis} of a tensor of shape {self.shape} is empty: "
+                         "the mean of no numbers is undefined")
     out = self._data.mean(axis=axis, keepdims=keepdims)
-    return _result(out, (self,), lambda g: (_expand(g / count, self.shape, axis, keepdims),), 'mean')
+    return _result(out, (self,),
+                   lambda g: (_expand(g / count, self.shape, axis, keepdims),), 'mean')
 
 @patch
 def max(self:Tensor, axis=None, # the axes to reduce: an int, a tuple, or None for all
         keepdims=False): # keep the reduced axes, as length 1
-    "Largest entry over `axis`; the gradient goes to the maximum, split evenly among ties (one subgradient)"
+    ("Largest entry over `axis`; the gradient goes to the maximum, "
+     "split evenly among ties (one subgradient)")
     top = self._data.max(axis=axis, keepdims=True)
     def backward(g):
         mask = self._data == top                      # ties share the gradient equally
-        return (_expand(g, self.shape, axis, keepdims) * mask / mask.sum(axis=axis, keepdims=True),)
-    return _result(top if keepdims else np.squeeze(top, _axes(axis, self.ndim)), (self,), backward, 'max')
+        return (_expand(g, self.shape, axis, keepdims) * mask
+                / mask.sum(axis=axis, keepdims=True),)
+    return _result(top if keepdims else np.squeeze(top, _axes(axis, self.ndim)), (self,),
+                   backward, 'max')
 
 # %% ../nbs/08_autograd.ipynb #4b72dc8d
 @patch
-def reshape(self:Tensor, *shape): # the new shape, as numpy takes it: reshape(2, 3) or reshape((2, 3)); one entry may be -1
+def reshape(self:Tensor,
+            *shape): # new shape, as numpy takes it: 2, 3 or (2, 3); one entry may be -1
     "The same numbers in a new shape, like `np.reshape`"
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     try: out = self._data.reshape(shape)
-    except ValueError: raise ValueError(f"reshape: cannot reshape {self.shape} ({self.size} elements) to {tuple(shape)}") from None
+    except ValueError:
+        raise ValueError(f"reshape: cannot reshape {self.shape} ({self.size} elements) "
+                         f"to {tuple(shape)}") from None
     return _result(out, (self,), lambda g: (g.reshape(self.shape),), 'reshape')
 
 @patch
 def transpose(self:Tensor, *axes): # a permutation of the axes; none to reverse them
-    "The axes permuted by `axes`, like `np.transpose`; the backward applies the inverse permutation"
+    ("The axes permuted by `axes`, like `np.transpose`; "
+     "the backward applies the inverse permutation")
     axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
     axes = tuple(axes) if axes else tuple(range(self.ndim))[::-1]
     inverse = tuple(np.argsort(axes))
-    return _result(self._data.transpose(axes), (self,), lambda g: (g.transpose(inverse),), 'transpose')
+    return _result(self._data.transpose(axes), (self,),
+                   lambda g: (g.transpose(inverse),), 'transpose')
 
-Tensor.T = property(lambda self: self.transpose(), doc="The axes reversed, like numpy's `.T`")
+Tensor.T = property(lambda self: self.transpose(),
+                    doc="The axes reversed, like numpy's `.T`")
 
+# %% ../nbs/08_autograd.ipynb #ff678708
 @patch
-def __getitem__(self:Tensor, idx): # anything numpy indexing takes; integer Tensors are used as index arrays
-    "Index as numpy does; the backward scatters the gradient back, adding at repeated indices"
-    idx = tuple(i._data if isinstance(i, Tensor) else i for i in idx) if isinstance(idx, tuple) else \
-          idx._data if isinstance(idx, Tensor) else idx
+def __getitem__(self:Tensor,
+                idx): # anything numpy indexing takes; integer Tensors act as index arrays
+    ("Index as numpy does; "
+     "the backward scatters the gradient back, adding at repeated indices")
+    idx = (tuple(i._data if isinstance(i, Tensor) else i for i in idx)
+           if isinstance(idx, tuple) else idx._data if isinstance(idx, Tensor) else idx)
     def backward(g):
         full = np.zeros(self.shape, dtype=np.result_type(g.dtype, self.dtype))
         np.add.at(full, idx, g)                        # repeated indices accumulate
@@ -261,14 +309,17 @@ def concatenate(tensors, # a sequence of Tensors (or arrays)
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     try: out = np.concatenate([t._data for t in tensors], axis=axis)
     except (ValueError, np.exceptions.AxisError) as e:
-        raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} do not join along axis {axis}: {e}") from None
+        raise ValueError(f"concatenate: shapes {[t.shape for t in tensors]} "
+                         f"do not join along axis {axis}: {e}") from None
     cuts = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-    return _result(out, tuple(tensors), lambda g: tuple(np.split(g, cuts, axis=axis)), 'concatenate')
+    return _result(out, tuple(tensors), lambda g: tuple(np.split(g, cuts, axis=axis)),
+                   'concatenate')
 
 # %% ../nbs/08_autograd.ipynb #f8a5b37b
 @patch
 def _topological_order(self:Tensor):
-    "The tensors `self` depends on that need a gradient, each after all of its parents; iterative, so depth is unlimited"
+    ("The tensors `self` depends on that need a gradient, each after all of its parents; "
+     "iterative, so depth is unlimited")
     order, seen, stack = [], set(), [(self, False)]
     while stack:
         node, expanded = stack.pop()
@@ -276,68 +327,85 @@ def _topological_order(self:Tensor):
         if id(node) in seen: continue
         seen.add(id(node))
         if node._freed:
-            raise RuntimeError(f"backward through a graph that an earlier backward() freed (at a {node.op!r} result): "
-                               "compute the forward pass again, or call the first backward(retain_graph=True)")
+            raise RuntimeError(
+                "backward through a graph that an earlier backward() freed "
+                f"(at a {node.op!r} result): compute the forward pass again, "
+                "or call the first backward(retain_graph=True)")
         stack.append((node, True))
-        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
+        stack.extend((p, False) for p in node._parents
+                     if p.requires_grad and id(p) not in seen)
     return order
 
 # %% ../nbs/08_autograd.ipynb #340d1cfb
 @patch
-def backward(self:Tensor, grad=None,  # dL/dself, an array of self's shape; None for a one-element tensor (means 1)
-             retain_graph=False):     # keep the graph so that backward can run through it again
-    "Accumulate the gradient of `self` into `.grad` of every leaf it depends on that requires a gradient"
+def backward(self:Tensor, grad=None,  # dL/dself, self's shape; None (=1) if one element
+             retain_graph=False):     # keep the graph: backward can run through it again
+    ("Accumulate the gradient of `self` into `.grad` of every leaf it depends on "
+     "that requires a gradient")
     if not self.requires_grad:
-        raise RuntimeError("backward() on a tensor that does not require a gradient: no input of its computation was "
-                           "created with requires_grad=True, or it was computed inside no_grad()")
+        raise RuntimeError("backward() on a tensor that does not require a gradient: "
+                           "no input of its computation was created with "
+                           "requires_grad=True, or it was computed inside no_grad()")
     if grad is None:
-        if self.size != 1: raise RuntimeError(f"backward() without a gradient needs a one-element tensor, got shape {self.shape}: "
-                                              "pass grad=, an array of that shape (e.g. reduce to a scalar loss first)")
+        if self.size != 1: raise RuntimeError(
+            "backward() without a gradient needs a one-element tensor, "
+            f"got shape {self.shape}: pass grad=, an array of that shape "
+            "(e.g. reduce to a scalar loss first)")
         grad = np.ones_like(self._data)
     grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad)
-    if grad.shape != self.shape: raise ValueError(f"backward: grad has shape {grad.shape}, but the tensor has shape {self.shape}")
-    grads, shared = {id(self): grad.astype(self.dtype, copy=False)}, {id(grad)}   # shared: arrays a leaf must copy
+    if grad.shape != self.shape: raise ValueError(
+        f"backward: grad has shape {grad.shape}, but the tensor has shape {self.shape}")
+    grads, shared = {id(self): grad.astype(self.dtype, copy=False)}, {id(grad)}
     for node in reversed(self._topological_order()):
         g = grads.pop(id(node))
-        if node._backward is None:             # a leaf: accumulate into an array of its own
+        if node._backward is None:  # a leaf: accumulate into an array of its own
             if node.grad is not None: node.grad = node.grad + g
-            elif isinstance(g, np.ndarray) and g.base is None and g.flags.writeable and id(g) not in shared: node.grad = g
-            else: node.grad = np.array(g, dtype=node.dtype)   # a view, or an array someone else holds: copy
-            shared.add(id(node.grad))
-            continue
+            elif (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
+                  and id(g) not in shared): node.grad = g
+            else: node.grad = np.array(g, dtype=node.dtype)   # a view, or not ours: copy
+            shared.add(id(node.grad)); continue  # shared: arrays a leaf must copy
         if node._version or any(p._version != v for p, v in zip(node._parents, node._versions)):
-            raise RuntimeError(f"backward through {node.op!r}: an array it saved for backward was changed in place "
-                               "(through .data) after the forward pass; compute the forward pass again after changing it")
-        for parent, pg in zip(node._parents, node._backward(g)):
+            raise RuntimeError(f"backward through {node.op!r}: an array it saved for "
+                               "backward was changed in place (through .data) after the "
+                               "forward pass; compute the forward pass again after changing it")
+        for parent, pg in zip(node._parents, node._backward(g)):  # eq. (2): paths add
             if pg is None or not parent.requires_grad: continue
             if pg.shape != parent.shape:
-                raise RuntimeError(f"{node.op} backward returned a gradient of shape {pg.shape} for an input of shape {parent.shape}")
+                raise RuntimeError(f"{node.op} backward returned a gradient of shape "
+                                   f"{pg.shape} for an input of shape {parent.shape}")
             pg = pg.astype(parent.dtype, copy=False)
-            grads[id(parent)] = grads[id(parent)] + pg if id(parent) in grads else pg   # eq. (2): paths add
+            grads[id(parent)] = grads[id(parent)] + pg if id(parent) in grads else pg
         if not retain_graph: node._parents, node._backward, node._freed = (), None, True
 
 # %% ../nbs/08_autograd.ipynb #1001dd6a
 @contextlib.contextmanager
 def no_grad():
-    "Within this block, in this thread, operations record no graph: results need no gradient and hold no memory"
+    ("Within this block, in this thread, operations record no graph: "
+     "results need no gradient and hold no memory")
     token = _grad_enabled.set(False)
     try: yield
-    finally: _grad_enabled.reset(token)   # back to what it was before: nested blocks stay off until the outermost ends
+    # back to what it was before: nested blocks stay off until the outermost ends
+    finally: _grad_enabled.reset(token)
 
 # %% ../nbs/08_autograd.ipynb #efeaa876
-_WRITERS = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal}  # numpy functions that write their first argument
+# numpy functions that write their first argument
+_WRITERS = {np.copyto, np.put, np.place, np.putmask, np.fill_diagonal}
 
 class _Data(np.ndarray):
-    "What `Tensor.data` hands out: a view of the tensor's array whose in-place writes bump the tensor's version"
-    def __array_finalize__(self, obj):  # a view of a watched array is watched too; a copy is not
+    ("What `Tensor.data` hands out: a view of the tensor's array "
+     "whose in-place writes bump the tensor's version")
+    def __array_finalize__(self, obj):  # views of watched arrays are watched; copies not
         owner = getattr(obj, '_owner', None)
-        self._owner = owner if owner is not None and np.may_share_memory(self, obj) else None
+        self._owner = (owner if owner is not None and np.may_share_memory(self, obj)
+                       else None)
     def _bump(self):
         if self._owner is not None: self._owner._version += 1
-    def __setitem__(self, index, value): self._bump(); np.ndarray.__setitem__(self, index, value)
+    def __setitem__(self, index, value):
+        self._bump(); np.ndarray.__setitem__(self, index, value)
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        # x += 1, np.add(a, b, out=x), np.add.at(x, i, v)
         for a in (out or ()) + (inputs[:1] if method == 'at' else ()):
-            if isinstance(a, _Data): a._bump()        # x += 1, np.add(a, b, out=x), np.add.at(x, i, v)
+            if isinstance(a, _Data): a._bump()
         plain = lambda a: a.view(np.ndarray) if isinstance(a, _Data) else a
         if out is not None: kwargs['out'] = tuple(map(plain, out))
         result = getattr(ufunc, method)(*map(plain, inputs), **kwargs)
@@ -347,31 +415,39 @@ class _Data(np.ndarray):
         return super().__array_function__(func, types, args, kwargs)
     def __repr__(self): return repr(self.view(np.ndarray))
 def _writer(name):
-    def write(self, *args, **kwargs): self._bump(); return getattr(np.ndarray, name)(self, *args, **kwargs)
+    def write(self, *args, **kwargs):
+        self._bump(); return getattr(np.ndarray, name)(self, *args, **kwargs)
     return write
 for _name in ('fill', 'sort', 'partition', 'put'): setattr(_Data, _name, _writer(_name))
 
+# %% ../nbs/08_autograd.ipynb #1f3999b9
 def _get_data(self):
     view = self._data.view(_Data); view._owner = self
     return view
 
 def _set_data(self, value):
-    "Replace the array: a change like an in-place write (`t.data += 1` also ends here, with the same array)"
-    if isinstance(value, _Data) and value._owner is self and value.shape == self.shape: return  # counted already
+    ("Replace the array: a change like an in-place write "
+     "(`t.data += 1` also ends here, with the same array)")
+    if isinstance(value, _Data) and value._owner is self and value.shape == self.shape:
+        return  # counted already
     array = np.asarray(value)
     if self.requires_grad and not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"only floating-point arrays can be the data of a tensor that requires a gradient, got {array.dtype}")
+        raise TypeError("only floating-point arrays can be the data of a tensor "
+                        f"that requires a gradient, got {array.dtype}")
     self._data, self._version = array, self._version + 1
 
-Tensor.data = property(_get_data, _set_data, doc="The array; writes through it are counted in the tensor's version")
+Tensor.data = property(_get_data, _set_data, doc="The array; writes through it are "
+                       "counted in the tensor's version")
 
 # %% ../nbs/08_autograd.ipynb #eee5e9cd
 def check_tensor_grads(f,      # f(*tensors) -> Tensor, built from Tensor operations
                        *xs,    # the inputs: arrays, converted to float64
                        rng=0): # seed or Generator for the random output weighting
-    "Relative error of autograd's gradient of `f` with respect to each input, against central differences (chapter 0)"
+    ("Relative error of autograd's gradient of `f` with respect to each input, "
+     "against central differences (chapter 0)")
     xs = [np.array(x, dtype=np.float64) for x in xs]
-    leaves = [Tensor(x, requires_grad=True) for x in xs]   # the Tensors share the arrays the checker perturbs
+    # the Tensors share the arrays the checker perturbs
+    leaves = [Tensor(x, requires_grad=True) for x in xs]
     out = f(*leaves)
     weights = get_rng(rng).normal(size=out.shape)
     out.backward(weights)
@@ -381,67 +457,87 @@ def check_tensor_grads(f,      # f(*tensors) -> Tensor, built from Tensor operat
 
 # %% ../nbs/08_autograd.ipynb #b3aac078
 def softmax_cross_entropy(logits, # Tensor (N, C) of scores
-                          labels): # integer class indices (N,): an array, list or integer Tensor
-    "Mean cross-entropy of softmax(logits) against integer labels, as one op: stable forward, (softmax - onehot)/N backward"
+                          labels): # integer class indices (N,): array, list or int Tensor
+    ("Mean cross-entropy of softmax(logits) against integer labels, as one op: "
+     "stable forward, (softmax - onehot)/N backward")
     logits = logits if isinstance(logits, Tensor) else Tensor(logits)
     labels = np.asarray(labels._data if isinstance(labels, Tensor) else labels)
-    if logits.ndim != 2 or logits.size == 0 or labels.shape != (len(logits),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"softmax_cross_entropy: expected logits (N, C) and integer labels (N,), got logits {logits.shape} "
+    if (logits.ndim != 2 or logits.size == 0 or labels.shape != (len(logits),)
+            or not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError("softmax_cross_entropy: expected logits (N, C) "
+                         f"and integer labels (N,), got logits {logits.shape} "
                          f"and labels {labels.shape} of dtype {labels.dtype}")
     N, C = logits.shape
     if labels.min() < 0 or labels.max() >= C:
-        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {C}), got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {C}), "
+                         f"got values in [{labels.min()}, {labels.max()}]")
     rows = np.arange(N)
     loss = -log_softmax(logits._data)[rows, labels].mean()    # chapter 2's log-sum-exp
     def backward(g):
         grad = softmax(logits._data)
         grad[rows, labels] -= 1
         return (grad * g / N,)
-    return _result(np.asarray(loss, dtype=logits.dtype), (logits,), backward, 'softmax_cross_entropy')
+    return _result(np.asarray(loss, dtype=logits.dtype), (logits,), backward,
+                   'softmax_cross_entropy')
 
 # %% ../nbs/08_autograd.ipynb #7b4acc01
 class AutogradLayer(Layer):
-    "A Layer whose subclasses write only `compute(x, **params)` with Tensor ops; backward is the tape's"
-    def compute(self, x, **params): raise NotImplementedError  # Tensors in (params by name), Tensor out
+    ("A Layer whose subclasses write only `compute(x, **params)` with Tensor ops; "
+     "backward is the tape's")
+    # Tensors in (params by name), Tensor out
+    def compute(self, x, **params): raise NotImplementedError
 
     def __init__(self, *args, **kwargs):
-        if type(self).compute is AutogradLayer.compute:   # a checkpoint may name the base class: refuse it, as Layer is
-            raise TypeError(f"{type(self).__name__} is abstract: subclass AutogradLayer and write compute(x, **params)")
+        # a checkpoint may name the base class: refuse it, as Layer is
+        if type(self).compute is AutogradLayer.compute:
+            raise TypeError(f"{type(self).__name__} is abstract: "
+                            "subclass AutogradLayer and write compute(x, **params)")
         super().__init__(*args, **kwargs)
 
-    def __init_subclass__(cls, **kwargs):  # a subclass that writes compute constructs, and is documented, as its next base
+    # a subclass that writes compute constructs, and is documented, as its next base
+    def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if 'compute' in vars(cls) and '__init__' not in vars(cls):
-            cls.__init__ = next(c.__init__ for c in cls.__mro__[1:] if '__init__' in vars(c) and c is not AutogradLayer)
+            cls.__init__ = next(c.__init__ for c in cls.__mro__[1:]
+                                if '__init__' in vars(c) and c is not AutogradLayer)
 
     def to(self, device): # 'cpu'; any other device is refused
-        "Autograd layers stay on the CPU (chapter 8's Tensor computes with numpy): moving to 'cpu' is all they allow"
+        ("Autograd layers stay on the CPU (chapter 8's Tensor computes with numpy): "
+         "moving to 'cpu' is all they allow")
         if get_device(device).name != 'cpu':
-            raise ValueError(f"{self!r} cannot move to {device!r}: autograd layers are CPU-only (the Tensor computes with numpy)")
+            raise ValueError(f"{self!r} cannot move to {device!r}: autograd layers are "
+                             "CPU-only (the Tensor computes with numpy)")
         return super().to(device)
 
 # %% ../nbs/08_autograd.ipynb #36ca6bd5
 @patch
 def forward(self:AutogradLayer, x): # a batch, as `compute` takes it
     "Run `compute` on Tensors; in training mode keep the tape for one `backward`"
-    x, self._y = as_float(x), None            # a new forward replaces the last tape, in evaluation mode too
+    # a new forward replaces the last tape, in evaluation mode too
+    x, self._y = as_float(x), None
     if not self.training:
-        with no_grad(): return self.compute(Tensor(x), **{k: Tensor(v) for k, v in self.params.items()})._data
+        with no_grad():
+            return self.compute(Tensor(x),
+                                **{k: Tensor(v) for k, v in self.params.items()})._data
     self._x = Tensor(x, requires_grad=self.needs_input_grad)
     self._leaves = {k: Tensor(v, requires_grad=True) for k, v in self.params.items()}
     self._y = self.compute(self._x, **self._leaves)
     return self._y._data
 
 @patch
-def backward(self:AutogradLayer, grad): # dL/dy, of the last training forward's output shape
-    "Run the tape backward from `grad`: fills `grads`, returns the input's gradient (zero where nothing depends on it)"
+def backward(self:AutogradLayer, grad): # dL/dy, the last training forward's output shape
+    ("Run the tape backward from `grad`: fills `grads`, "
+     "returns the input's gradient (zero where nothing depends on it)")
     y = getattr(self, '_y', None)
-    if y is None: raise RuntimeError(f"{self!r}.backward needs a forward pass in training mode first "
-                                     "(each forward's tape serves one backward)")
-    if np.shape(grad) != y.shape: raise ValueError(f"{self!r}.backward expected grad of shape {y.shape}, got {np.shape(grad)}")
-    self._y = None                                    # the tape is spent, whatever happens below
+    if y is None: raise RuntimeError(
+        f"{self!r}.backward needs a forward pass in training mode first "
+        "(each forward's tape serves one backward)")
+    if np.shape(grad) != y.shape: raise ValueError(
+        f"{self!r}.backward expected grad of shape {y.shape}, got {np.shape(grad)}")
+    self._y = None  # the tape is spent, whatever happens below
     if y.requires_grad: y.backward(grad)
-    zero_if_none = lambda t: t.grad if t.grad is not None else np.zeros_like(t._data)   # nothing reached it: 0
+    # nothing reached it: 0
+    zero_if_none = lambda t: t.grad if t.grad is not None else np.zeros_like(t._data)
     self.grads = {k: zero_if_none(leaf) for k, leaf in self._leaves.items()}
     return zero_if_none(self._x) if self.needs_input_grad else None
 
@@ -452,7 +548,8 @@ class SiLU(AutogradLayer):
 
 class GELU(AutogradLayer):
     "Gaussian error linear unit, tanh approximation; its backward is derived by autograd"
-    def compute(self, x): return 0.5 * x * (1 + (math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)).tanh())
+    def compute(self, x):
+        return 0.5 * x * (1 + (math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)).tanh())
 
 class AutoReLU(AutogradLayer):
     "ReLU written as a forward pass only"
@@ -463,16 +560,21 @@ class AutoFlatten(AutogradLayer):
     def compute(self, x): return x.reshape(len(x), -1)
 
 class AutoDense(AutogradLayer, Dense):
-    "Dense with its hand-written backward thrown away: same parameters, same initialisation, forward x @ w + b"
+    ("Dense with its hand-written backward thrown away: "
+     "same parameters, same initialisation, forward x @ w + b")
     def compute(self, x, w, b): return x @ w + b
 
 # %% ../nbs/08_autograd.ipynb #ce88b5d3
 class AutogradLoss(Loss):
-    "A Loss whose subclasses write only `compute(pred, target)` with Tensor ops; `grad` is the tape's"
-    def compute(self, pred, target): raise NotImplementedError  # pred: Tensor; returns a one-element Tensor
+    ("A Loss whose subclasses write only `compute(pred, target)` with Tensor ops; "
+     "`grad` is the tape's")
+    # pred: Tensor; returns a one-element Tensor
+    def compute(self, pred, target): raise NotImplementedError
     def __init__(self, *args, **kwargs):
-        if type(self).compute is AutogradLoss.compute:   # a checkpoint may name the base class: refuse it
-            raise TypeError(f"{type(self).__name__} is abstract: subclass AutogradLoss and write compute(pred, target)")
+        # a checkpoint may name the base class: refuse it
+        if type(self).compute is AutogradLoss.compute:
+            raise TypeError(f"{type(self).__name__} is abstract: "
+                            "subclass AutogradLoss and write compute(pred, target)")
         super().__init__(*args, **kwargs)
     def loss(self, pred, target):
         "The loss as a Python float, computed without a tape"
@@ -489,14 +591,19 @@ class AutoSoftmaxCrossEntropy(AutogradLoss, SoftmaxCrossEntropy):
 
 def auto_mlp(rng=None,            # seed or Generator for the initial weights
              dtype=DEFAULT_DTYPE): # parameter dtype
-    "Chapter 6's 784-400-100-10 MLP, built from autograd layers; the same seed gives the same weights"
+    ("Chapter 6's 784-400-100-10 MLP, built from autograd layers; "
+     "the same seed gives the same weights")
     rng = get_rng(rng)
     return Net([AutoFlatten(), AutoDense(784, 400, rng=rng, dtype=dtype), AutoReLU(),
-                AutoDense(400, 100, rng=rng, dtype=dtype), AutoReLU(), AutoDense(100, 10, rng=rng, dtype=dtype)])
+                AutoDense(400, 100, rng=rng, dtype=dtype), AutoReLU(),
+                AutoDense(100, 10, rng=rng, dtype=dtype)])
 
 # %% ../nbs/08_autograd.ipynb #2b319ae6
-def graph_mlp_step(leaves, x, y, optimizer): # leaves: 'i.w'/'i.b' -> Tensor (from an `mlp` net's params); one batch; an Optimizer
-    "One training step of chapter 6's MLP written as a single graph: forward, `loss.backward()`, update; returns the loss"
+def graph_mlp_step(leaves,     # 'i.w'/'i.b' -> Tensor (from an `mlp` net's params)
+                   x, y,       # one batch
+                   optimizer): # an Optimizer
+    ("One training step of chapter 6's MLP written as a single graph: "
+     "forward, `loss.backward()`, update; returns the loss")
     h = Tensor(x).reshape(len(x), -1)
     for i in (1, 3): h = (h @ leaves[f'{i}.w'] + leaves[f'{i}.b']).relu()
     loss = softmax_cross_entropy(h @ leaves['5.w'] + leaves['5.b'], y)
