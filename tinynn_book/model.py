@@ -4,13 +4,15 @@
 
 # %% ../nbs/05_model.ipynb #1a4aa57d
 from __future__ import annotations
-import contextvars, importlib, json, math, os, re, secrets, signal, threading, time, zipfile
+import contextvars, importlib, json, math, os, re, secrets, signal, threading, \
+    time, zipfile
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .tensor import DEFAULT_DTYPE, array_module, device_of, get_rng, to_device, to_numpy
+from .tensor import (DEFAULT_DTYPE, array_module, device_of, get_rng,
+                                to_device, to_numpy)
 from .layers import Layer
 from .losses import Loss
 from .optim import Optimizer
@@ -21,74 +23,93 @@ __all__ = ['MAX_NESTING', 'STOP_SIGNALS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSI
            'Interrupted', 'stop_signals_interrupt', 'History', 'Callback', 'Summary', 'describe', 'rebuild']
 
 # %% ../nbs/05_model.ipynb #58c2121b
-def make_spirals(n_per_class=100, num_classes=3, noise=0.2, rng=None): # rng: None (global), seed or Generator
-    "Interleaved 2-D spirals, one arm per class: x float32 (N, 2) in [-1, 1], y int64 (N,) labels"
+def make_spirals(n_per_class=100, num_classes=3, noise=0.2,
+                 rng=None): # rng: None (global), seed or Generator
+    ("Interleaved 2-D spirals, one arm per class: x float32 (N, 2) in [-1, 1], y int64 "
+     "(N,) labels")
     rng = get_rng(rng)
-    r = np.tile(np.linspace(0.0, 1.0, n_per_class), num_classes)  # distance from the centre along the arm
+    # distance from the centre along the arm
+    r = np.tile(np.linspace(0.0, 1.0, n_per_class), num_classes)
     y = np.repeat(np.arange(num_classes), n_per_class)
-    theta = 4.0 * (y + r) + noise * rng.normal(size=r.shape)     # each arm turns 4 radians, offset by its class
+    # each arm turns 4 radians, offset by its class
+    theta = 4.0 * (y + r) + noise * rng.normal(size=r.shape)
     x = np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
     return x.astype(np.float32), y.astype(np.int64)
 
 # %% ../nbs/05_model.ipynb #1256543f
-MAX_NESTING = 100  # how deep nets may nest: repr, save and load recurse a few Python frames per level
+# how deep nets may nest: repr, save and load recurse a few Python frames per level
+MAX_NESTING = 100
 
 def _sublayers(layer):
-    "(name, layer) for the layers directly inside `layer`: its `layers` list, and Layers (or lists) kept as attributes"
+    ("(name, layer) for the layers directly inside `layer`: its `layers` list, and "
+     "Layers (or lists) kept as attributes")
     for key, value in vars(layer).items():
         if isinstance(value, Layer): yield key, value
         elif isinstance(value, (list, tuple)):
             for j, v in enumerate(value):
-                if isinstance(v, Layer): yield (str(j) if key == 'layers' else f'{key}.{j}'), v
+                if isinstance(v, Layer):
+                    yield (str(j) if key == 'layers' else f'{key}.{j}'), v
 
 def _check_distinct(net):
-    "A ValueError naming both positions if one layer object appears twice anywhere inside `net`, or if it nests too deep"
-    seen, deepest, todo = {}, 0, [(str(j), layer, 1) for j, layer in enumerate(net.layers)][::-1]
-    while todo:  # a stack, not recursion: the walk itself never meets Python's recursion limit
+    ("A ValueError naming both positions if one layer object appears twice anywhere "
+     "inside `net`, or if it nests too deep")
+    seen, deepest, todo = {}, 0, [(str(j), layer, 1)
+                                  for j, layer in enumerate(net.layers)][::-1]
+    # a stack, not recursion: the walk itself never meets Python's recursion limit
+    while todo:
         where, layer, depth = todo.pop()
         if id(layer) in seen:
-            raise ValueError(f"Net: one {type(layer).__name__} object is at positions {seen[id(layer)][0]} and {where}; "
-                             f"a layer caches its input for backward, so give each position its own {type(layer).__name__}")
-        seen[id(layer)], deepest = (where, layer), max(deepest, depth)  # the layer is kept so its id cannot be reused
+            raise ValueError(f"Net: one {type(layer).__name__} object is at positions "
+                             f"{seen[id(layer)][0]} and {where}; "
+                             f"a layer caches its input for backward, so give each "
+                             f"position its own {type(layer).__name__}")
+        # the layer is kept so its id cannot be reused
+        seen[id(layer)], deepest = (where, layer), max(deepest, depth)
         todo += [(f'{where}.{k}', v, depth + 1) for k, v in _sublayers(layer)][::-1]
     if deepest > MAX_NESTING:
-        raise ValueError(f"{type(net).__name__}: layers nested {deepest} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING} "
-                         "deep: printing, saving and loading follow the nesting by recursion, which Python limits")
-
+        raise ValueError(f"{type(net).__name__}: layers nested {deepest} deep, but a Net "
+                         f"nests at most MAX_NESTING = {MAX_NESTING} "
+                         "deep: printing, saving and loading follow the nesting by "
+                         "recursion, which Python limits")
 
 # %% ../nbs/05_model.ipynb #3b40c79d
 class Net(Layer):
-    "Layers applied in sequence; a Layer itself, so nets nest and gradient-check like any layer"
+    ("Layers applied in sequence; a Layer itself, so nets nest and gradient-check like "
+     "any layer")
     def __init__(self, layers): # Layer objects, applied first to last
-        # no Layer.__init__: params and grads are views of the layers' own dicts (below), not dicts of our own
-        self.layers = list(layers)
+        self.layers = list(layers)  # no Layer.__init__: params, grads are views (below)
         if not self.layers: raise ValueError("Net needs at least one layer, got none")
         for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer): raise TypeError(f"Net expected Layer objects, got {type(layer).__name__} at position {i}")
-        _check_distinct(self)  # one object at two positions would cache one input for both: wrong gradients
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Net expected Layer objects, got {type(layer).__name__} "
+                                f"at position {i}")
+        _check_distinct(self)  # twice the same object: one cached input, wrong gradients
 
     def forward(self, x):                                  # (1)
         for layer in self.layers:
-            _check_device(layer, x)   # a CPU array meeting GPU weights is an error, never a silent copy
+            _check_device(layer, x)  # CPU data, GPU weights: an error, not a silent copy
             x = layer.forward(x)
         return x
-
     def backward(self, grad):                              # (2), last layer first
         for i in range(len(self.layers) - 1, -1, -1):
             grad = self.layers[i].backward(grad)
-            if grad is None:  # a layer that skipped its input's gradient: legal only if nothing before it learns
+            if grad is None:  # no input gradient: legal only if no layer before it learns
                 if any(layer.params for layer in self.layers[:i]):
-                    raise RuntimeError(f"{self.layers[i]!r} at position {i} returned no input gradient, but layers before it have parameters")
+                    raise RuntimeError(f"{self.layers[i]!r} at position {i} returned "
+                                       "no input gradient, but layers before it "
+                                       "have parameters")
                 break
         return grad
 
     @property
-    def params(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+    def params(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
+                              for k, v in layer.params.items()}
     @property
-    def grads(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
-
+    def grads(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
+                             for k, v in layer.grads.items()}
     def parameters(self):
-        "(param, grad) pairs in a fixed order; call it after every backward, which stores new gradient arrays"
+        ("(param, grad) pairs in a fixed order; call it after every backward, which "
+         "stores new gradient arrays")
         grads = self.grads
         return [(p, grads[k]) for k, p in self.params.items()]
 
@@ -108,12 +129,14 @@ def __iter__(self:Net):
 @patch
 def __repr__(self:Net):
     "One numbered line per layer, nested nets indented"
-    lines = [f'  ({i}): ' + repr(layer).replace('\n', '\n  ') for i, layer in enumerate(self.layers)]
+    lines = [f'  ({i}): ' + repr(layer).replace('\n', '\n  ')
+             for i, layer in enumerate(self.layers)]
     return 'Net(\n' + '\n'.join(lines) + '\n)'
 
 @patch
 def train(self:Net, mode=True): # False is evaluation mode
-    "Set `training` on this net and every layer in it (Dropout and BatchNorm read it); returns self"
+    ("Set `training` on this net and every layer in it (Dropout and BatchNorm read it); "
+     "returns self")
     self.training = mode
     for layer in self.layers:
         if isinstance(layer, Net): layer.train(mode)
@@ -132,17 +155,21 @@ def astype(self:Net, dtype):
 
 # %% ../nbs/05_model.ipynb #7fd882f9
 def _check_device(layer, x):
-    "A TypeError naming `layer` and both devices unless `x` lives where the layer's parameters do (chapter 0)"
+    ("A TypeError naming `layer` and both devices unless `x` lives where the layer's "
+     "parameters do (chapter 0)")
     if isinstance(layer, Net): return   # a nested net checks its own layers
     for p in layer.params.values():
         if device_of(p) != device_of(x):
-            raise TypeError(f"{layer!r} has its parameters on the {device_of(p)} but got input on the {device_of(x)}: move "
-                            f"the model with .to({device_of(x)!r}), or the data with to_device(x, {device_of(p)!r})")
+            raise TypeError(f"{layer!r} has its parameters on the {device_of(p)} but got "
+                            f"input on the {device_of(x)}: move "
+                            f"the model with .to({device_of(x)!r}), or the data with "
+                            f"to_device(x, {device_of(p)!r})")
         return
 
 @patch
 def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
-    "Move every layer's parameters, gradients and state to `device`, in place; returns self"
+    ("Move every layer's parameters, gradients and state to `device`, in place; returns "
+     "self")
     moved = []  # all or nothing: if a layer refuses, the layers before it go back
     try:
         for layer in self.layers:
@@ -156,22 +183,27 @@ def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
 # %% ../nbs/05_model.ipynb #5ede1f44
 def _get_needs_input_grad(self): return self.layers[0].needs_input_grad
 def _set_needs_input_grad(self, value):
-    # layers before the first one with parameters only pass gradients along, so they inherit the setting
+    # layers before the first one with parameters only pass gradients along, so they
+    # inherit the setting
     for layer in self.layers:
         layer.needs_input_grad = value
         if layer.params: break
-Net.needs_input_grad = property(_get_needs_input_grad, _set_needs_input_grad, doc="Whether `backward` returns the input's gradient")
+Net.needs_input_grad = property(_get_needs_input_grad, _set_needs_input_grad,
+                                doc="Whether `backward` returns the input's gradient")
 
 # %% ../nbs/05_model.ipynb #202470b7
 def _layer_state(layer):
-    "A layer's state arrays by name: a container's own `state` property (Net), else the attributes in `state_names`"
+    ("A layer's state arrays by name: a container's own `state` property (Net), else the "
+     "attributes in `state_names`")
     if isinstance(getattr(type(layer), 'state', None), property): return layer.state
     return {name: getattr(layer, name) for name in getattr(layer, 'state_names', ())}
 
 @patch(as_prop=True)
 def state(self:Net):
-    "Non-learned arrays to save with the weights (each layer's `state_names`), keyed `'i.name'` like `params`"
-    return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in _layer_state(layer).items()}
+    ("Non-learned arrays to save with the weights (each layer's `state_names`), keyed "
+     "`'i.name'` like `params`")
+    return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
+            for k, v in _layer_state(layer).items()}
 
 # %% ../nbs/05_model.ipynb #eae63107
 def _same_device(a, b):
