@@ -207,8 +207,10 @@ def state(self:Net):
 
 # %% ../nbs/05_model.ipynb #eae63107
 def _same_device(a, b):
-    "`a` and `b` as arrays where they live (one number comes back from a GPU), or both in main memory if they live apart"
-    if device_of(a) == device_of(b): return array_module(a).asarray(a), array_module(b).asarray(b)
+    ("`a` and `b` as arrays where they live (one number comes back from a GPU), or both "
+     "in main memory if they live apart")
+    if device_of(a) == device_of(b):
+        return array_module(a).asarray(a), array_module(b).asarray(b)
     return to_numpy(a), to_numpy(b)
 
 def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows (N, C)
@@ -216,42 +218,58 @@ def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows
     logits, y = _same_device(logits, y)
     labels = y.argmax(-1) if y.ndim == 2 else y
     if logits.ndim != 2 or labels.shape != (len(logits),):
-        raise ValueError(f"accuracy expected logits (N, C) with labels (N,) or one-hot targets (N, C), got {logits.shape} and {y.shape}")
+        raise ValueError(f"accuracy expected logits (N, C) with labels (N,) or one-hot "
+                         f"targets (N, C), got {logits.shape} and {y.shape}")
     return float(np.mean(logits.argmax(-1) == labels))
 
 def binary_accuracy(logits, y): # logits and 0/1 targets of the same shape
-    "Fraction of outputs where the logit's sign agrees with the 0/1 target (sigmoid > 1/2 means class 1)"
+    ("Fraction of outputs where the logit's sign agrees with the 0/1 target (sigmoid > "
+     "1/2 means class 1)")
     logits, y = _same_device(logits, y)
-    if logits.shape != y.shape: raise ValueError(f"binary_accuracy expected targets of the logits' shape {logits.shape}, got {y.shape}")
+    if logits.shape != y.shape:
+        raise ValueError(f"binary_accuracy expected targets of the logits' shape "
+                         f"{logits.shape}, got {y.shape}")
     return float(np.mean((logits > 0) == (y > 0.5)))
 
 def _default_metric(loss):
     names = {cls.__name__ for cls in type(loss).__mro__}
-    return accuracy if 'SoftmaxCrossEntropy' in names else binary_accuracy if 'SigmoidCrossEntropy' in names else None
+    return (accuracy if 'SoftmaxCrossEntropy' in names
+            else binary_accuracy if 'SigmoidCrossEntropy' in names else None)
 
 # %% ../nbs/05_model.ipynb #eab1322a
 class Model:
-    "A net, a loss and an optimizer: `train_step`, `fit`, `predict`, `evaluate`, `summary`, `save` and `Model.load`"
-    def __init__(self, net, loss, optimizer): # net: a Net (or a list of layers); loss: a Loss; optimizer: an Optimizer
-        if not isinstance(net, Net): net = Net(net if isinstance(net, (list, tuple)) else [net])
-        if not isinstance(loss, Loss): raise TypeError(f"Model expected a Loss, got {type(loss).__name__}")
-        if not isinstance(optimizer, Optimizer): raise TypeError(f"Model expected an Optimizer, got {type(optimizer).__name__}")
+    ("A net, a loss and an optimizer: `train_step`, `fit`, `predict`, `evaluate`, "
+     "`summary`, `save` and `Model.load`")
+    def __init__(self, net, # a Net (or a list of layers)
+                 loss, # a Loss
+                 optimizer): # an Optimizer
+        if not isinstance(net, Net):
+            net = Net(net if isinstance(net, (list, tuple)) else [net])
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Model expected a Loss, got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("Model expected an Optimizer, got "
+                            f"{type(optimizer).__name__}")
         self.net, self.loss, self.optimizer = net, loss, optimizer
-        self.net.needs_input_grad = False  # the data is not a parameter: its gradient would be computed and thrown away
+        # the data is not a parameter: its gradient would be computed and thrown away
+        self.net.needs_input_grad = False
         self.metric = _default_metric(loss)
-        self.history = None  # the History of the latest `fit`, filled epoch by epoch (still there if the run is interrupted)
+        # the latest `fit`'s History, filled per epoch (kept if the run is interrupted)
+        self.history = None
 
-    def __repr__(self): return f'Model(loss={self.loss!r}, optimizer={self.optimizer!r},\n      net={self.net!r})'
+    def __repr__(self): return (f'Model(loss={self.loss!r}, '
+                                f'optimizer={self.optimizer!r},\n      net={self.net!r})')
 
     def _step(self, x, y):
         x, y = self._check_xy(x, y, 'train_step')
-        x, y = self._input(x), to_device(y, self.device)        # the batch goes where the net is
-        with _state_kept_on_error(self.net):                    # a failed step leaves running statistics as they were
+        x, y = self._input(x), to_device(y, self.device)  # batch goes where the net is
+        with _state_kept_on_error(self.net):  # a failed step restores running statistics
             logits = self.net.forward(x)                        # (1)
             loss = self.loss.loss(logits, y)                    # (3) on the batch
-            if not math.isfinite(loss): raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
             self.net.backward(self.loss.grad(logits, y))        # (2)
-        with _interrupts_deferred():                            # Ctrl-C waits until every parameter is updated
+        with _interrupts_deferred():  # Ctrl-C waits until every parameter is updated
             self.optimizer.step(self.net.parameters())          # θ ← θ − η ĝ_B
         return loss, logits
 
@@ -260,57 +278,74 @@ class Model:
         return self._step(x, y)[0]
 
 # %% ../nbs/05_model.ipynb #c6695ab7
-def _nonfinite(net): return [k for k, p in net.params.items() if not np.all(np.isfinite(p))]  # names of NaN/inf parameters
+def _nonfinite(net):  # names of NaN/inf parameters
+    return [k for k, p in net.params.items() if not np.all(np.isfinite(p))]
 
 def _params_note(net):
     "What a step that failed before its update left in the parameters, said truthfully"
     bad = _nonfinite(net)
-    if not bad: return "the parameters keep their values from before this step, and so does every layer's state"
-    return f"parameters {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} were already NaN or inf before this step (an earlier update made them so)"
+    if not bad:
+        return ("the parameters keep their values from before this step, and so does "
+                "every layer's state")
+    return (f"parameters {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} were "
+            f"already NaN or inf before this step (an earlier update made them so)")
 
 @contextmanager
 def _state_kept_on_error(net):
-    "If the block raises, put back the values `net.state` had before it (BatchNorm's running statistics)"
+    ("If the block raises, put back the values `net.state` had before it (BatchNorm's "
+     "running statistics)")
     saved = {k: s.copy() for k, s in net.state.items()}
     try: yield
     except BaseException:
-        for k, s in net.state.items(): s[...] = saved[k]  # in place: a layer may also have replaced the array
+        # in place: a layer may also have replaced the array
+        for k, s in net.state.items(): s[...] = saved[k]
         raise
 
 # %% ../nbs/05_model.ipynb #6cb6ac42
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP') if hasattr(signal, n))  # kill, timeout, logout
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP')
+                     if hasattr(signal, n))  # kill, timeout, logout
 
 class Interrupted(KeyboardInterrupt):
-    "SIGTERM or SIGHUP received during `Model.fit`, raised where a Ctrl-C would raise `KeyboardInterrupt`"
+    ("SIGTERM or SIGHUP received during `Model.fit`, raised where a Ctrl-C would raise "
+     "`KeyboardInterrupt`")
     def __init__(self, signum): # the signal's number
         super().__init__(signal.Signals(signum).name); self.signum = signum
     @property
-    def exit_code(self): return 128 + self.signum  # what a shell reports for a process the signal killed
+    def exit_code(self):  # what a shell reports for a process the signal killed
+        return 128 + self.signum
 
 def _raise_interrupted(signum, frame): raise Interrupted(signum)
 
 @contextmanager
 def stop_signals_interrupt():
-    "During the block, SIGTERM and SIGHUP raise `Interrupted` instead of ending the process unannounced"
-    if threading.current_thread() is not threading.main_thread(): yield; return  # only the main thread gets signals
-    # a signal someone else handles, or one that is ignored (nohup ignores SIGHUP), is left alone
-    previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
+    ("During the block, SIGTERM and SIGHUP raise `Interrupted` instead of ending the "
+     "process unannounced")
+    # only the main thread gets signals
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    # a signal someone else handles, or one that is ignored (nohup ignores SIGHUP), is
+    # left alone
+    previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS
+                if signal.getsignal(s) == signal.SIG_DFL}
     try: yield
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
+# %% ../nbs/05_model.ipynb #9f36253d
 @contextmanager
 def _interrupts_deferred():
-    "Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then deliver them: it runs all or nothing"
+    ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then "
+     "deliver them: it runs all or nothing")
     if threading.current_thread() is not threading.main_thread(): yield; return
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT,) + STOP_SIGNALS}
-    handlers = {s: h for s, h in handlers.items() if callable(h)}  # an ignored or default signal is left alone
+    # an ignored or default signal is left alone
+    handlers = {s: h for s, h in handlers.items() if callable(h)}
     received = []
     for s in handlers: signal.signal(s, lambda *args: received.append(args))
     try: yield
     finally:
         for s, handler in handlers.items(): signal.signal(s, handler)
-        if received: handlers[received[0][0]](*received[0])  # now the usual handler runs, after a complete update
+        # now the usual handler runs, after a complete update
+        if received: handlers[received[0][0]](*received[0])
 
 # %% ../nbs/05_model.ipynb #939546d6
 @patch(as_prop=True)
@@ -322,34 +357,44 @@ def dtype(self:Model):
 
 @patch(as_prop=True)
 def device(self:Model):
-    "The device of the net's parameters: `train_step`, `fit`, `predict` and `evaluate` move each batch there"
+    ("The device of the net's parameters: `train_step`, `fit`, `predict` and `evaluate` "
+     "move each batch there")
     for layer in self.net.layers:
         for p in layer.params.values(): return device_of(p)
     return 'cpu'
 
 @patch
 def to(self:Model, device): # 'cpu' or 'gpu' (chapter 0)
-    "Move the net's parameters, gradients and state, and the optimizer's state, to `device`; returns self"
+    ("Move the net's parameters, gradients and state, and the optimizer's state, to "
+     "`device`; returns self")
     self.net.to(device); self.optimizer.to(device)
     return self
 
 @patch
 def _input(self:Model, x):
-    "A batch on the net's device and in its dtype, copied or cast only when it is not already"
+    ("A batch on the net's device and in its dtype, copied or cast only when it is not "
+     "already")
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
+# %% ../nbs/05_model.ipynb #f0ee0f45
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-        raise ValueError(f"Model.{who} expected x and y with the same number of examples, got x of shape {x.shape} and y of shape {y.shape}")
+        raise ValueError(f"Model.{who} expected x and y with the same number of "
+                         f"examples, got x of shape {x.shape} and y of shape {y.shape}")
     return x, y
 
-def _check_count(value, name, who, minimum=1): # name: the argument's name; who: the method, for the message
-    "`value` as an int if it is an integer (not a bool) >= `minimum`, else a ValueError naming `who` and `name`"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        kind = 'positive' if minimum == 1 else 'non-negative' if minimum == 0 else f'>= {minimum}'
+def _check_count(value, name, # the argument's name
+                 who, # the method, for the message
+                 minimum=1):
+    ("`value` as an int if it is an integer (not a bool) >= `minimum`, else a ValueError "
+     "naming `who` and `name`")
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        kind = ('positive' if minimum == 1 else 'non-negative' if minimum == 0
+                else f'>= {minimum}')
         raise ValueError(f"{who} expected a {kind} integer {name}, got {value!r}")
     return int(value)
 
@@ -363,174 +408,218 @@ def _mode(self:Model, training): # True: training mode; False: evaluation mode
     finally: self.net.train(previous)
 
 @patch
-def predict(self:Model, x, batch_size=1024): # batch_size bounds the memory the forward caches take
-    "The net's outputs (logits) for `x`, computed `batch_size` examples at a time in evaluation mode"
-    x, batch_size = array_module(x).asarray(x), _check_count(batch_size, 'batch_size', 'Model.predict')
+def predict(self:Model, x,
+            batch_size=1024): # batch_size bounds the memory the forward caches take
+    ("The net's outputs (logits) for `x`, computed `batch_size` examples at a time in "
+     "evaluation mode")
+    x, batch_size = (array_module(x).asarray(x),
+                     _check_count(batch_size, 'batch_size', 'Model.predict'))
     with self._mode(False):
         if len(x) == 0: return to_numpy(self.net.forward(self._input(x)))
         out = None
         for i in range(0, len(x), batch_size):
             logits = self.net.forward(self._input(x[i:i + batch_size]))
             if out is None: out = np.empty((len(x),) + logits.shape[1:], logits.dtype)
-            out[i:i + len(logits)] = to_numpy(logits)   # results come back to main memory, from any device
+            # results come back to main memory, from any device
+            out[i:i + len(logits)] = to_numpy(logits)
     return out
 
+# %% ../nbs/05_model.ipynb #74d74f69
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
     x, y = self._check_xy(x, y, 'evaluate')
     batch_size = _check_count(batch_size, 'batch_size', 'Model.evaluate')
-    if len(x) == 0: raise ValueError(f"Model.evaluate needs at least one example, got x of shape {x.shape}")
+    if len(x) == 0: raise ValueError(f"Model.evaluate needs at least one example, "
+                                     f"got x of shape {x.shape}")
     total_loss = total_correct = 0.0
     with self._mode(False):
         for i in range(0, len(x), batch_size):
-            xb, yb = self._input(x[i:i + batch_size]), to_device(y[i:i + batch_size], self.device)
+            xb, yb = (self._input(x[i:i + batch_size]),
+                      to_device(y[i:i + batch_size], self.device))
             logits = self.net.forward(xb)
-            total_loss += self.loss.loss(logits, yb) * len(xb)  # batch means weighted by size: the full set's mean
+            # batch means weighted by size: the full set's mean
+            total_loss += self.loss.loss(logits, yb) * len(xb)
             if self.metric: total_correct += self.metric(logits, yb) * len(xb)
-    return dict(loss=total_loss / len(x), accuracy=total_correct / len(x) if self.metric else None)
+    return dict(loss=total_loss / len(x),
+                accuracy=total_correct / len(x) if self.metric else None)
 
 # %% ../nbs/05_model.ipynb #4c5ee488
 class History(dict):
-    "What `fit` records, one entry per epoch under each key (None where it does not apply)"
+    ("What `fit` records, one entry per epoch under each key (None where it does not "
+     "apply)")
     KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'lr', 'seconds')
     def __init__(self):
         super().__init__({k: [] for k in self.KEYS})
-        self.stopped_epoch = None  # the epoch after which a callback stopped training, if one did
+        # the epoch after which a callback stopped training, if one did
+        self.stopped_epoch = None
     def append(self, **values): # one value per key; missing keys get None
         "Record one epoch"
         for k in self.KEYS: self[k].append(values.get(k))
     @property
     def epochs(self): return len(self['loss'])
     def __repr__(self):
-        last = ', '.join(f'{k}={self[k][-1]:.4g}' for k in self.KEYS if self.epochs and self[k][-1] is not None)
+        last = ', '.join(f'{k}={self[k][-1]:.4g}' for k in self.KEYS
+                         if self.epochs and self[k][-1] is not None)
         return f'History(epochs={self.epochs}' + (f', last: {last})' if last else ')')
 
     def plot(self, title='Training curves'): # the figure's title
-        "Loss (and accuracy, if measured) per epoch, training and validation; returns the figure"
+        ("Loss (and accuracy, if measured) per epoch, training and validation; returns "
+         "the figure")
         import matplotlib.pyplot as plt
         has = lambda k: any(v is not None for v in self[k])
         panels = ['loss'] + (['accuracy'] if has('accuracy') else [])
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5),
+                                 squeeze=False)
         epochs = np.arange(1, self.epochs + 1)
         for ax, key in zip(axes[0], panels):
             ax.plot(epochs, self[key], label=f'training ({key})')
-            if has('val_' + key): ax.plot(epochs, self['val_' + key], label=f'validation (val_{key})')
-            ax.set(xlabel='epoch', ylabel=key, title=f'{title}: {key}'); ax.legend(fontsize=8)
+            if has('val_' + key):
+                ax.plot(epochs, self['val_' + key], label=f'validation (val_{key})')
+            ax.set(xlabel='epoch', ylabel=key, title=f'{title}: {key}')
+            ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
 
 # %% ../nbs/05_model.ipynb #8c7756b4
 @patch
-def _train_epoch(self:Model, x, y, batch_size, # the training data, cut into batches of batch_size
+def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of batch_size
                  order, # a permutation of the examples, or None for file order
-                 lr_schedule, first_step, # callable step -> lr (or None), and this epoch's first step number
-                 bar, where, # a tqdm bar advanced once per step; where: 'epoch e/E', for error messages
+                 lr_schedule, first_step, # step -> lr (or None); this epoch's first step
+                 bar, where, # tqdm bar updated per step; where: 'epoch e/E' for errors
                  drop_last=False): # leave out a last batch smaller than batch_size
-    "One pass over (x, y) in mini-batches; returns the epoch's mean loss and metric over its batches"
+    ("One pass over (x, y) in mini-batches; returns the epoch's mean loss and metric "
+     "over its batches")
     num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     total_loss = total_correct = num_seen = 0.0
     for step in range(num_steps):
         batch = slice(step * batch_size, (step + 1) * batch_size)
         if order is not None: batch = order[batch]
-        xb, yb = x[batch], to_device(y[batch], self.device)   # the metric below compares on the net's device
+        xb, yb = x[batch], to_device(y[batch], self.device)  # the metric compares there
         lr = self.optimizer.lr if lr_schedule is None else lr_schedule(first_step + step)
         if not _is_learning_rate(lr):
-            source = "optimizer.lr is" if lr_schedule is None else f"lr_schedule({first_step + step}) returned"
-            raise ValueError(f"Model.fit stopped at {where}, step {step + 1}/{num_steps}: {source} {lr!r}, "
-                             f"but a learning rate must be a finite number >= 0; {_params_note(self.net)}")
+            source = ("optimizer.lr is" if lr_schedule is None
+                      else f"lr_schedule({first_step + step}) returned")
+            raise ValueError(f"Model.fit stopped at {where}, step {step + 1}/"
+                             f"{num_steps}: {source} {lr!r}, but a learning rate must be "
+                             f"a finite number >= 0; {_params_note(self.net)}")
         self.optimizer.lr = lr
         try: loss, logits = self._step(xb, yb)
         except FloatingPointError as e:
-            raise FloatingPointError(f"Model.fit stopped at {where}, step {step + 1}/{num_steps} (lr={self.optimizer.lr:.3g}): {e}. "
-                                     "Lower the learning rate, or look for NaN/inf in the data.") from None
+            raise FloatingPointError(f"Model.fit stopped at {where}, step {step + 1}/"
+                                     f"{num_steps} (lr={self.optimizer.lr:.3g}): {e}. "
+                                     "Lower the learning rate, or look for NaN/inf in "
+                                     "the data.") from None
         total_loss += loss * len(xb); num_seen += len(xb)
         if self.metric: total_correct += self.metric(logits, yb) * len(xb)
         bar.update()
         if step % 10 == 0: bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
-    if bad := _nonfinite(self.net):  # the last update can break the weights with no later loss to show it: one pass per epoch
-        raise FloatingPointError(f"Model.fit stopped after {where}: an update made {', '.join(bad[:5])} NaN or inf, "
-                                 f"although every loss was finite (lr={self.optimizer.lr:.3g}). Lower the learning rate.")
-    return dict(loss=total_loss / num_seen, accuracy=total_correct / num_seen if self.metric else None)
+    if bad := _nonfinite(self.net):  # last update's NaN/inf no loss saw; once per epoch
+        raise FloatingPointError(f"Model.fit stopped after {where}: an update made "
+                                 f"{', '.join(bad[:5])} NaN or inf, although every loss "
+                                 f"was finite (lr={self.optimizer.lr:.3g}). Lower the "
+                                 "learning rate.")
+    return dict(loss=total_loss / num_seen,
+                accuracy=total_correct / num_seen if self.metric else None)
 
+# %% ../nbs/05_model.ipynb #dbdaef9c
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
-    real = isinstance(lr, (int, float, np.integer, np.floating)) and not isinstance(lr, (bool, np.bool_))
+    real = (isinstance(lr, (int, float, np.integer, np.floating))
+            and not isinstance(lr, (bool, np.bool_)))
     return real and math.isfinite(lr) and lr >= 0
 
 # %% ../nbs/05_model.ipynb #bf0746ba
 class Callback:
     "Hooks that `Model.fit` calls; subclass and override the ones you need"
     def on_train_begin(self, model): pass
-    def on_epoch_end(self, model, history) -> bool: return False  # True stops training after this epoch
+    def on_epoch_end(self, model, history) -> bool:  # True: stop after this epoch
+        return False
     def on_train_end(self, model, history): pass
 
 @patch
-def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last=False):
-    "`fit`'s arguments checked, each error naming the argument: (x, y, validation_data, a list of Callbacks)"
+def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks,
+              drop_last=False):
+    ("`fit`'s arguments checked, each error naming the argument: (x, y, validation_data, "
+     "a list of Callbacks)")
     x, y = self._check_xy(x, y, 'fit')
     _check_count(epochs, 'epochs', 'Model.fit', minimum=0)
     if seed is not None: _check_count(seed, 'seed', 'Model.fit', minimum=0)
     if validation_data is not None:
-        if len(validation_data) != 2: raise ValueError("Model.fit expected validation_data=(x_val, y_val)")
+        if len(validation_data) != 2:
+            raise ValueError("Model.fit expected validation_data=(x_val, y_val)")
         validation_data = self._check_xy(*validation_data, 'fit (validation_data)')
     _check_count(batch_size, 'batch_size', 'Model.fit')
-    if len(x) == 0: raise ValueError(f"Model.fit needs at least one example, got x of shape {x.shape}")
+    if len(x) == 0: raise ValueError(f"Model.fit needs at least one example, got x "
+                                     f"of shape {x.shape}")
     if drop_last and len(x) < batch_size:
-        raise ValueError(f"Model.fit with drop_last=True needs at least batch_size={batch_size} examples, got {len(x)}")
+        raise ValueError(f"Model.fit with drop_last=True needs at least "
+                         f"batch_size={batch_size} examples, got {len(x)}")
     if callbacks is None: callbacks = []
-    callbacks = [callbacks] if isinstance(callbacks, (Callback, type)) else list(callbacks)
+    callbacks = ([callbacks] if isinstance(callbacks, (Callback, type))
+                 else list(callbacks))
     for cb in callbacks:
         if isinstance(cb, type) and issubclass(cb, Callback):
-            raise TypeError(f"Model.fit expected Callback objects in callbacks, got the class {cb.__name__}: "
-                            f"pass an instance, {cb.__name__}(...)")
-        if not isinstance(cb, Callback): raise TypeError(f"Model.fit expected Callback objects in callbacks, got {type(cb).__name__}")
+            raise TypeError(f"Model.fit expected Callback objects in callbacks, got the "
+                            f"class {cb.__name__}: pass an instance, {cb.__name__}(...)")
+        if not isinstance(cb, Callback):
+            raise TypeError(f"Model.fit expected Callback objects in callbacks, got "
+                            f"{type(cb).__name__}")
     return x, y, validation_data, callbacks
 
 # %% ../nbs/05_model.ipynb #a44f2380
 @patch
 def fit(self:Model, x, y, epochs, batch_size=128, # epochs: passes over (x, y)
         validation_data=None, # (x_val, y_val), evaluated after every epoch
-        shuffle=True, seed=0, # a fresh permutation per epoch from np.random.default_rng(seed)
+        shuffle=True, seed=0, # new permutation per epoch from np.random.default_rng(seed)
         lr_schedule=None, # callable step -> lr, step counting this call's steps from 0
         progress=True, verbose=True, # a tqdm bar per epoch; one printed line per epoch
-        callbacks=(), # Callback objects, called at the start, after every epoch and at the end
-        drop_last=False): # leave out each epoch's last batch if it is smaller (BatchNorm needs more than one example)
+        callbacks=(), # Callback objects: called at start, after each epoch, at the end
+        drop_last=False): # skip a short last batch (BatchNorm needs more than 1 example)
     "Train for `epochs` passes over (x, y) in mini-batches; returns a `History`"
-    x, y, validation_data, callbacks = self._fit_args(x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last)
-    with stop_signals_interrupt():  # SIGTERM and SIGHUP end the run as Ctrl-C does: between two updates
-        return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed, lr_schedule, progress, verbose,
-                         callbacks, drop_last)
+    x, y, validation_data, callbacks = self._fit_args(
+        x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last)
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: between two updates
+    with stop_signals_interrupt():
+        return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed,
+                         lr_schedule, progress, verbose, callbacks, drop_last)
 
 # %% ../nbs/05_model.ipynb #75133bb8
 @patch
-def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed, lr_schedule, progress, verbose,
-         callbacks, drop_last):
+def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed,
+         lr_schedule, progress, verbose, callbacks, drop_last):
     "The loop of `fit`, its arguments already checked"
     num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     rng, history = np.random.default_rng(seed), History()
-    self.history = history  # the epochs completed so far stay reachable, even after Ctrl-C
+    # the epochs completed so far stay reachable, even after Ctrl-C
+    self.history = history
     self.net.train()
     for cb in callbacks: cb.on_train_begin(self)
     for epoch in range(1, epochs + 1):
-        order = to_device(rng.permutation(len(x)), device_of(x)) if shuffle else None  # drawn on the CPU: the same on any device
+        # drawn on the CPU: the same on any device
+        order = to_device(rng.permutation(len(x)), device_of(x)) if shuffle else None
         where = f'epoch {epoch}/{epochs}'
-        with tqdm(total=num_steps, desc=where, unit='step', leave=not verbose, disable=not progress) as bar:
+        with tqdm(total=num_steps, desc=where, unit='step', leave=not verbose,
+                  disable=not progress) as bar:
             start = time.perf_counter()
-            record = self._train_epoch(x, y, batch_size, order, lr_schedule, (epoch - 1) * num_steps, bar, where,
-                                       drop_last)
+            record = self._train_epoch(x, y, batch_size, order, lr_schedule,
+                                       (epoch - 1) * num_steps, bar, where, drop_last)
             record.update(lr=self.optimizer.lr, seconds=time.perf_counter() - start)
             if validation_data is not None:
                 val = self.evaluate(*validation_data)
                 record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
             history.append(**record)
-            text = '  '.join(f'{k} {v:.4f}' for k, v in record.items() if v is not None and k not in ('lr', 'seconds'))
+            text = '  '.join(f'{k} {v:.4f}' for k, v in record.items()
+                             if v is not None and k not in ('lr', 'seconds'))
             if progress: bar.set_postfix_str(text, refresh=True)
-        if verbose: print(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  {text}  {record['seconds']:.2f}s")
-        stoppers = [cb for cb in callbacks if cb.on_epoch_end(self, history)]  # every callback sees every epoch
+        if verbose: print(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  {text}  "
+                          f"{record['seconds']:.2f}s")
+        # every callback sees every epoch
+        stoppers = [cb for cb in callbacks if cb.on_epoch_end(self, history)]
         if stoppers:
             history.stopped_epoch = epoch
-            if verbose: print(f"stopped early after epoch {epoch} by {', '.join(type(cb).__name__ for cb in stoppers)}")
+            if verbose: print(f"stopped early after epoch {epoch} by "
+                              f"{', '.join(type(cb).__name__ for cb in stoppers)}")
             break
     for cb in callbacks: cb.on_train_end(self, history)
     return history
