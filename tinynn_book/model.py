@@ -330,7 +330,7 @@ def stop_signals_interrupt():
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
-# %% ../nbs/05_model.ipynb #9f36253d
+# %% ../nbs/05_model.ipynb #5bcd3ec9
 @contextmanager
 def _interrupts_deferred():
     ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then "
@@ -377,7 +377,7 @@ def _input(self:Model, x):
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
-# %% ../nbs/05_model.ipynb #f0ee0f45
+# %% ../nbs/05_model.ipynb #42f0aece
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
@@ -424,7 +424,7 @@ def predict(self:Model, x,
             out[i:i + len(logits)] = to_numpy(logits)
     return out
 
-# %% ../nbs/05_model.ipynb #74d74f69
+# %% ../nbs/05_model.ipynb #864415b5
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
@@ -522,7 +522,7 @@ def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of ba
     return dict(loss=total_loss / num_seen,
                 accuracy=total_correct / num_seen if self.metric else None)
 
-# %% ../nbs/05_model.ipynb #dbdaef9c
+# %% ../nbs/05_model.ipynb #3b090472
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
     real = (isinstance(lr, (int, float, np.integer, np.floating))
@@ -626,31 +626,43 @@ def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed,
 
 # %% ../nbs/05_model.ipynb #39947e56
 class Summary:
-    "`Model.summary`'s result: `rows` of (layer, output shape, parameter count), the totals, and the table as its str"
-    def __init__(self, rows, nbytes): # rows: (name, shape, count) tuples; nbytes: the parameters' memory
+    ("`Model.summary`'s result: `rows` of (layer, output shape, parameter count), the "
+     "totals, and the table as its str")
+    def __init__(self, rows, # (name, shape, count) tuples
+                 nbytes): # the parameters' memory
         self.rows, self.nbytes = rows, nbytes
-        self.total_params = self.trainable_params = sum(r[2] for r in rows)  # no frozen parameters in this library
+        # no frozen parameters in this library
+        self.total_params = self.trainable_params = sum(r[2] for r in rows)
         self.size_mb = nbytes / 1e6
     def __str__(self):
-        cells = [(name, '(' + ', '.join(map(str, shape)) + ')', f'{count:,}') for name, shape, count in self.rows]
-        w = [max(len(h), *(len(c[j]) for c in cells)) for j, h in enumerate(('layer', 'output shape', 'params'))]
+        cells = [(name, '(' + ', '.join(map(str, shape)) + ')', f'{count:,}')
+                 for name, shape, count in self.rows]
+        w = [max(len(h), *(len(c[j]) for c in cells))
+             for j, h in enumerate(('layer', 'output shape', 'params'))]
         line = lambda a, b, c: f'{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}'
         rule = '-' * (sum(w) + 4)
-        return '\n'.join([line('layer', 'output shape', 'params'), rule, *(line(*c) for c in cells), rule,
-                          f'total params: {self.total_params:,} (trainable: {self.trainable_params:,}), {self.size_mb:.3f} MB'])
+        return '\n'.join([line('layer', 'output shape', 'params'), rule,
+                          *(line(*c) for c in cells), rule,
+                          f'total params: {self.total_params:,} (trainable: '
+                          f'{self.trainable_params:,}), {self.size_mb:.3f} MB'])
     __repr__ = __str__
 
 @patch
-def summary(self:Model, input_shape): # one example's shape, without the batch axis: (2,) or (1, 28, 28)
-    "Table of each layer's output shape and parameter count, found by pushing one all-zero example through the net"
-    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+def summary(self:Model,
+            input_shape): # one example's shape (no batch axis): (2,) or (1, 28, 28)
+    ("Table of each layer's output shape and parameter count, found by pushing one "
+     "all-zero example through the net")
+    shape = ((input_shape,) if isinstance(input_shape, (int, np.integer))
+             else tuple(input_shape))
     x = to_device(np.zeros((1,) + shape, self.dtype), self.device)
     rows = [('input', ('N',) + shape, 0)]
     with self._mode(False):
         for i, layer in enumerate(self.net.layers):
             x = layer.forward(x)
-            name = f"{type(layer).__name__}({len(layer)} layer{'s' * (len(layer) != 1)})" if isinstance(layer, Net) else repr(layer)
-            rows.append((f'{i}: {name}', ('N',) + x.shape[1:], sum(p.size for p in layer.params.values())))
+            name = (f"{type(layer).__name__}({len(layer)} layer{'s' * (len(layer) != 1)})"
+                    if isinstance(layer, Net) else repr(layer))
+            rows.append((f'{i}: {name}', ('N',) + x.shape[1:],
+                         sum(p.size for p in layer.params.values())))
     return Summary(rows, sum(p.nbytes for p in self.net.params.values()))
 
 # %% ../nbs/05_model.ipynb #4459970c
