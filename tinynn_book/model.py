@@ -330,7 +330,7 @@ def stop_signals_interrupt():
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
-# %% ../nbs/05_model.ipynb #5bcd3ec9
+# %% ../nbs/05_model.ipynb #02dac3cf
 @contextmanager
 def _interrupts_deferred():
     ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then "
@@ -377,7 +377,7 @@ def _input(self:Model, x):
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
-# %% ../nbs/05_model.ipynb #42f0aece
+# %% ../nbs/05_model.ipynb #82a32862
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
@@ -424,7 +424,7 @@ def predict(self:Model, x,
             out[i:i + len(logits)] = to_numpy(logits)
     return out
 
-# %% ../nbs/05_model.ipynb #864415b5
+# %% ../nbs/05_model.ipynb #f8d2522f
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
@@ -522,7 +522,7 @@ def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of ba
     return dict(loss=total_loss / num_seen,
                 accuracy=total_correct / num_seen if self.metric else None)
 
-# %% ../nbs/05_model.ipynb #3b090472
+# %% ../nbs/05_model.ipynb #393325dd
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
     real = (isinstance(lr, (int, float, np.integer, np.floating))
@@ -673,71 +673,103 @@ def _subclasses(cls):
     return list(dict.fromkeys(found))
 
 def _find_class(base, name, module):
-    if name.startswith('_'):  # an internal class (a shared base such as _Pool2D) is no layer a user built
-        raise _RebuildError(f"{base.__name__} class {name!r} is internal to its module: a checkpoint may only name public classes")
+    # an internal class (a shared base such as _Pool2D) is no layer a user built
+    if name.startswith('_'):
+        raise _RebuildError(f"{base.__name__} class {name!r} is internal to its module: "
+                            f"a checkpoint may only name public classes")
     candidates = [c for c in _subclasses(base) if c.__name__ == name]
     if not candidates and re.fullmatch(r'tinynn_book(\.\w+)+', module or ''):
-        try: importlib.import_module(module)  # only this package's own modules, never a name from elsewhere
+        # only this package's own modules, never a name from elsewhere
+        try: importlib.import_module(module)
         except ImportError: pass
         candidates = [c for c in _subclasses(base) if c.__name__ == name]
     same_module = [c for c in candidates if c.__module__ == module]
-    if same_module: return same_module[-1]  # the latest definition: a notebook cell run twice defines a class twice
+    # the latest definition: a notebook cell run twice defines a class twice
+    if same_module: return same_module[-1]
     if len(candidates) == 1: return candidates[0]
     if not candidates:
-        raise _RebuildError(f"unknown {base.__name__} class {name!r} (saved from module {module!r}): import the module that defines it first")
-    raise _RebuildError(f"ambiguous {base.__name__} class {name!r}: defined in {sorted(c.__module__ for c in candidates)}")
+        raise _RebuildError(f"unknown {base.__name__} class {name!r} (saved from module "
+                            f"{module!r}): import the module that defines it first")
+    raise _RebuildError(f"ambiguous {base.__name__} class {name!r}: defined in "
+                        f"{sorted(c.__module__ for c in candidates)}")
 
 # %% ../nbs/05_model.ipynb #27d44430
-class _RebuildError(ValueError): pass  # raised by rebuild itself, so an enclosing rebuild passes it on unchanged
-_param_budget = contextvars.ContextVar('_param_budget', default=None)  # [bytes] while Model.load builds layers
+# raised by rebuild itself, so an enclosing rebuild passes it on unchanged
+class _RebuildError(ValueError): pass
+# [bytes] while Model.load builds layers
+_param_budget = contextvars.ContextVar('_param_budget', default=None)
 
 def describe(obj): # a Layer, Loss or Optimizer
-    "JSON-able description of `obj`: class name, module, `config()`, and its parameters' dtype if they share one"
-    spec = {'class': type(obj).__name__, 'module': type(obj).__module__, 'config': obj.config()}
+    ("JSON-able description of `obj`: class name, module, `config()`, and its "
+     "parameters' dtype if they share one")
+    spec = {'class': type(obj).__name__, 'module': type(obj).__module__,
+            'config': obj.config()}
     dtypes = {str(p.dtype) for p in (getattr(obj, 'params', None) or {}).values()}
-    if len(dtypes) == 1: spec['dtype'] = dtypes.pop()  # a net mixing dtypes leaves them to its layers' descriptions
+    # a net mixing dtypes leaves them to its layers' descriptions
+    if len(dtypes) == 1: spec['dtype'] = dtypes.pop()
     return spec
 
+# %% ../nbs/05_model.ipynb #2c14f5e9
 def rebuild(base, spec): # base: Layer, Loss or Optimizer; spec: what `describe` returned
-    "The object `spec` describes, its class found among `base`'s subclasses (nothing in `spec` is evaluated)"
-    if not (isinstance(spec, dict) and isinstance(spec.get('class'), str) and isinstance(spec.get('config'), dict)):
-        raise _RebuildError(f"expected a {base.__name__} description {{'class': str, 'config': dict}}, got {str(spec)[:200]}")
+    ("The object `spec` describes, its class found among `base`'s subclasses (nothing in "
+     "`spec` is evaluated)")
+    if not (isinstance(spec, dict) and isinstance(spec.get('class'), str)
+            and isinstance(spec.get('config'), dict)):
+        raise _RebuildError(f"expected a {base.__name__} description {{'class': str, "
+                            f"'config': dict}}, got {str(spec)[:200]}")
     cls = _find_class(base, spec['class'], spec.get('module'))
-    _check_planned(cls, spec, _param_budget.get())  # before anything is allocated, if the class can tell its shapes
+    # before anything is allocated, if the class can tell its shapes
+    _check_planned(cls, spec, _param_budget.get())
     from_config = getattr(cls, 'from_config', None)
-    rng = get_rng(); state = rng.bit_generator.state  # building draws throwaway initial weights; keep the global stream as it was
+    # building draws throwaway initial weights; keep the global stream as it was
+    rng = get_rng(); state = rng.bit_generator.state
     try: obj = from_config(spec['config']) if from_config else cls(**spec['config'])
     except _RebuildError: raise
-    except Exception as e:  # TypeError, ZeroDivisionError, MemoryError...: a config the class cannot take
-        raise _RebuildError(f"cannot rebuild {spec['class']} from config {str(spec['config'])[:200]}: {type(e).__name__}: {e}") from e
+    # TypeError, ZeroDivisionError, MemoryError...: a config the class cannot take
+    except Exception as e:
+        raise _RebuildError(f"cannot rebuild {spec['class']} from config "
+                            f"{str(spec['config'])[:200]}: "
+                            f"{type(e).__name__}: {e}") from e
     finally: rng.bit_generator.state = state
     if 'dtype' in spec:
         try: dtype = np.dtype(spec['dtype'])
         except TypeError: dtype = None
         if dtype is None or not np.issubdtype(dtype, np.floating):
-            raise _RebuildError(f"{spec['class']}: parameter dtype must be a float type, got {spec['dtype']!r}")
+            raise _RebuildError(f"{spec['class']}: parameter dtype must be a float type, "
+                                f"got {spec['dtype']!r}")
         if any(p.dtype != dtype for p in obj.params.values()): obj.astype(dtype)
     _spend(_param_budget.get(), obj, from_config)
     return obj
 
 # %% ../nbs/05_model.ipynb #847628fc
 def _spend(budget, obj, from_config):
-    "While loading, count a leaf layer's parameters against the bytes the file holds: stop before building more"
-    if budget is None or from_config is not None: return  # containers are counted through their layers
+    ("While loading, count a leaf layer's parameters against the bytes the file holds: "
+     "stop before building more")
+    # containers are counted through their layers
+    if budget is None or from_config is not None: return
     budget[0] -= sum(p.nbytes for p in (getattr(obj, 'params', None) or {}).values())
-    if budget[0] < 0: raise _RebuildError(f"{obj!r} and the layers before it need far more parameter memory than the file holds")
+    if budget[0] < 0:
+        raise _RebuildError(f"{obj!r} and the layers before it need far more parameter "
+                            f"memory than the file holds")
 
 def _check_planned(cls, spec, budget):
-    "While loading, a class that defines `param_shapes(config)` itself is checked against the budget before it is built"
-    if budget is None or 'param_shapes' not in vars(cls): return  # not inherited: a subclass may take another config
+    ("While loading, a class that defines `param_shapes(config)` itself is checked "
+     "against the budget before it is built")
+    # not inherited: a subclass may take another config
+    if budget is None or 'param_shapes' not in vars(cls): return
     param_shapes = cls.param_shapes
     try: shapes = param_shapes(spec['config'])
-    except Exception as e: raise _RebuildError(f"cannot rebuild {spec['class']} from config {str(spec['config'])[:200]}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise _RebuildError(f"cannot rebuild {spec['class']} from config "
+                            f"{str(spec['config'])[:200]}: "
+                            f"{type(e).__name__}: {e}") from e
     try: itemsize = np.dtype(spec.get('dtype', DEFAULT_DTYPE)).itemsize
-    except (TypeError, ValueError): itemsize = np.dtype(DEFAULT_DTYPE).itemsize  # a bad dtype is refused later, by rebuild
+    # a bad dtype is refused later, by rebuild
+    except (TypeError, ValueError): itemsize = np.dtype(DEFAULT_DTYPE).itemsize
     nbytes = sum(math.prod(shape) for shape in shapes.values()) * itemsize
     if nbytes > budget[0]:
-        raise _RebuildError(f"{spec['class']} with config {str(spec['config'])[:200]} needs {nbytes / 1e6:,.0f} MB of parameters, "
+        raise _RebuildError(f"{spec['class']} with config {str(spec['config'])[:200]} "
+                            f"needs {nbytes / 1e6:,.0f} MB of parameters, "
                             "far more than the file holds (refused before building it)")
 
 @patch
@@ -751,8 +783,10 @@ def from_config(cls:Net, config):
 
 # %% ../nbs/05_model.ipynb #8497debe
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_KEY = 'tinynn-book checkpoint', 2, '__model__'
-READABLE_VERSIONS = (1, 2)  # version 1: parameters only; version 2 adds the layers' state arrays
-STATE_PREFIX = 'state.'     # state arrays are stored as 'state.i.name', beside the parameters' 'i.name'
+# version 1: parameters only; version 2 adds the layers' state arrays
+READABLE_VERSIONS = (1, 2)
+# state arrays are stored as 'state.i.name', beside the parameters' 'i.name'
+STATE_PREFIX = 'state.'
 
 def _checkpoint_arrays(net):
     "The arrays a checkpoint of `net` holds, by their names in the file"
@@ -760,38 +794,55 @@ def _checkpoint_arrays(net):
 
 @patch
 def save(self:Model, path): # where to write; used as given, so end it in .npz
-    "Write the weights, the state and the architecture to one .npz file, atomically; returns the path"
-    meta = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, net=describe(self.net),
-                loss=describe(self.loss), optimizer=describe(self.optimizer))
-    arrays = {k: to_numpy(v) for k, v in _checkpoint_arrays(self.net).items()}  # from any device: the file is the same
+    ("Write the weights, the state and the architecture to one .npz file, atomically; "
+     "returns the path")
+    meta = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                net=describe(self.net), loss=describe(self.loss),
+                optimizer=describe(self.optimizer))
+    # from any device: the file is the same
+    arrays = {k: to_numpy(v) for k, v in _checkpoint_arrays(self.net).items()}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8)
     return _write_atomic(Path(path), arrays)
 
+# %% ../nbs/05_model.ipynb #d5f2366b
 @patch(cls_method=True)
 def load(cls:Model, path, # a file written by `Model.save`
-         device='cpu'): # where the loaded model lives: 'cpu' or 'gpu' (chapter 0), whichever device saved it
-    "Rebuild a saved Model: architecture, loss and optimizer from its JSON, arrays checked by name, shape and dtype"
-    with _CheckpointFile(path) as file:  # the archive's directory and each array's header: no array data yet
+         device='cpu'): # where it lives: 'cpu' or 'gpu' (chapter 0), whatever saved it
+    ("Rebuild a saved Model: architecture, loss and optimizer from its JSON, arrays "
+     "checked by name, shape and dtype")
+    # the archive's directory and each array's header: no array data yet
+    with _CheckpointFile(path) as file:
         meta = _read_meta(file, path)
-        _check_names(meta, file.headers, path)  # an array no described layer could own is refused before anything is built
-        budget = _param_budget.set([2 * file.param_nbytes + (1 << 24)])  # building stops once the layers far outgrow the file
-        try: net, loss, optimizer = rebuild(Layer, meta['net']), rebuild(Loss, meta['loss']), rebuild(Optimizer, meta['optimizer'])
-        except (KeyError, TypeError, ValueError, RecursionError) as e: raise ValueError(f"{path}: cannot rebuild the model it describes: {e}") from e
+        # an array no described layer could own is refused before anything is built
+        _check_names(meta, file.headers, path)
+        # building stops once the layers far outgrow the file
+        budget = _param_budget.set([2 * file.param_nbytes + (1 << 24)])
+        try:
+            net, loss, optimizer = (rebuild(Layer, meta['net']),
+                                    rebuild(Loss, meta['loss']),
+                                    rebuild(Optimizer, meta['optimizer']))
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"{path}: cannot rebuild the model it describes: {e}") from e
         finally: _param_budget.reset(budget)
         model = cls(net, loss, optimizer)
-        expected = _checkpoint_arrays(model.net)  # a version 1 file has no state arrays; a net that has state then fails the check
-        _check_arrays(expected, {k: v for k, v in file.headers.items() if k != META_KEY}, path)
-        for k, p in expected.items(): p[...] = _checked_values(file.read(k), k, path)  # data read only now, shapes checked
+        # a version 1 file has no state arrays; a net that has state then fails the check
+        expected = _checkpoint_arrays(model.net)
+        _check_arrays(expected,
+                      {k: v for k, v in file.headers.items() if k != META_KEY}, path)
+        # data read only now, shapes checked
+        for k, p in expected.items(): p[...] = _checked_values(file.read(k), k, path)
     return model.to(device)
 
 # %% ../nbs/05_model.ipynb #aa237e17
 def _write_atomic(path, arrays):
-    "np.savez `arrays` to `path` via a new temporary file in the same directory and a rename"
+    ("np.savez `arrays` to `path` via a new temporary file in the same directory and a "
+     "rename")
     tmp, f = _new_file_beside(path)
     try:
         with f:
             np.savez(f, **arrays)
-            f.flush(); os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            # the bytes are on disk before the name points at them
+            f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try: tmp.unlink(missing_ok=True)
@@ -800,10 +851,13 @@ def _write_atomic(path, arrays):
     return path
 
 def _new_file_beside(path):
-    "(name, binary file) of a new, uniquely named file in `path`'s directory, its name short enough for any file system"
+    ("(name, binary file) of a new, uniquely named file in `path`'s directory, its name "
+     "short enough for any file system")
     for _ in range(100):
-        tmp = path.with_name(f'.{path.name[:40]}.{secrets.token_hex(8)}.tmp')  # same directory: os.replace is a rename
-        try: return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'wb')
+        # same directory: os.replace is a rename
+        tmp = path.with_name(f'.{path.name[:40]}.{secrets.token_hex(8)}.tmp')
+        try: return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                           0o666), 'wb')
         except FileExistsError: continue
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
@@ -811,109 +865,145 @@ def _new_file_beside(path):
 MAX_META_BYTES = 1 << 24  # the JSON description of any sensible net is far smaller
 
 def _not_readable(path, e):
-    return ValueError(f"{path} is not a readable tinynn-book checkpoint (truncated or corrupt?): {type(e).__name__}: {e}")
+    return ValueError(f"{path} is not a readable tinynn-book checkpoint (truncated or "
+                      f"corrupt?): {type(e).__name__}: {e}")
 
 def _npy_header(f):
     "(shape, dtype, data offset) of the .npy file object `f`, read without its data"
     version = np.lib.format.read_magic(f)
-    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read is None: raise ValueError(f'unsupported .npy format version {version}')
     shape, fortran_order, dtype = read(f)
     return shape, dtype, f.tell()
 
 # %% ../nbs/05_model.ipynb #3eceaaa2
 class _CheckpointFile:
-    "An .npz checkpoint open for reading: every member's .npy header up front, an array's data only when read"
+    ("An .npz checkpoint open for reading: every member's .npy header up front, an "
+     "array's data only when read")
     def __init__(self, path):
         self.path, self.headers, self._members = path, {}, {}
-        with open(path, 'rb') as f: magic = f.read(6)  # FileNotFoundError, IsADirectoryError, PermissionError stay as they are
+        with open(path, 'rb') as f: magic = f.read(6)  # OSErrors stay as they are
         try:
-            if magic == b'\x93NUMPY': raise ValueError('it holds a single .npy array, not an .npz archive')
+            if magic == b'\x93NUMPY':
+                raise ValueError('it holds a single .npy array, not an .npz archive')
             self._zip = zipfile.ZipFile(path)
             for info in self._zip.infolist(): self._add(info)
         except Exception as e:
             if hasattr(self, '_zip'): self._zip.close()
             raise _not_readable(path, e) from e
         is_param = lambda k: k != META_KEY and not k.startswith(STATE_PREFIX)
-        self.param_nbytes = sum(math.prod(s) * d.itemsize for k, (s, d) in self.headers.items() if is_param(k))
-
+        self.param_nbytes = sum(math.prod(s) * d.itemsize
+                                for k, (s, d) in self.headers.items() if is_param(k))
     def _add(self, info):
-        if not info.filename.endswith('.npy'): raise ValueError(f"member {info.filename!r} is not an .npy array")
+        if not info.filename.endswith('.npy'):
+            raise ValueError(f"member {info.filename!r} is not an .npy array")
         key = info.filename[:-4]
         if key in self._members: raise ValueError(f"member {info.filename!r} appears twice")
         with self._zip.open(info) as f: shape, dtype, offset = _npy_header(f)
         if dtype.hasobject: raise ValueError(f"member {key!r} holds Python objects, which only pickle could read (allow_pickle=False)")
         if offset + math.prod(shape) * dtype.itemsize != info.file_size:
-            raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, which does not fit its {info.file_size} bytes")
+            raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, "
+                             f"which does not fit its {info.file_size} bytes")
         self.headers[key], self._members[key] = (shape, dtype), info
-
     def read(self, key):
         "The array stored under `key` (its header already checked)"
         try:
             with self._zip.open(self._members[key]) as f:
                 array = np.lib.format.read_array(f, allow_pickle=False)
-                if f.read(1): raise ValueError(f"member {key!r} holds more than its header promises")  # reading to the end completes the CRC check
+                if f.read(1): raise ValueError(  # reading it all completes the CRC check
+                    f"member {key!r} holds more than its header promises")
             return array
         except Exception as e: raise _not_readable(self.path, e) from e
-
     def __enter__(self): return self
     def __exit__(self, *exc): self._zip.close()
 
 # %% ../nbs/05_model.ipynb #657e177f
 def _read_meta(file, path):
-    "The checkpoint's JSON description, checked for the format name, a readable version and the net's nesting"
-    if META_KEY not in file.headers: raise ValueError(f"{path} is not a tinynn-book checkpoint: it has no '{META_KEY}' entry")
+    ("The checkpoint's JSON description, checked for the format name, a readable version "
+     "and the net's nesting")
+    if META_KEY not in file.headers:
+        raise ValueError(f"{path} is not a tinynn-book checkpoint: it has no "
+                         f"'{META_KEY}' entry")
     shape, dtype = file.headers[META_KEY]
     if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
-        raise ValueError(f"{path}: its '{META_KEY}' entry must be UTF-8 JSON as at most {MAX_META_BYTES} uint8 values, got {dtype} {shape}")
+        raise ValueError(f"{path}: its '{META_KEY}' entry must be UTF-8 JSON as at most "
+                         f"{MAX_META_BYTES} uint8 values, got {dtype} {shape}")
     try: meta = json.loads(file.read(META_KEY).tobytes().decode('utf-8'))
-    except RecursionError as e: raise ValueError(f"{path}: its '{META_KEY}' entry nests too deep to read; a Net nests at most MAX_NESTING = {MAX_NESTING} deep") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: its '{META_KEY}' entry is not valid JSON: {type(e).__name__}: {e}") from e
+    except RecursionError as e:
+        raise ValueError(f"{path}: its '{META_KEY}' entry nests too deep to read; a Net "
+                         f"nests at most MAX_NESTING = {MAX_NESTING} deep") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: its '{META_KEY}' entry is not valid JSON: "
+                         f"{type(e).__name__}: {e}") from e
     if not isinstance(meta, dict) or meta.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a tinynn-book checkpoint (format {meta.get('format') if isinstance(meta, dict) else meta!r:.50})")
+        raise ValueError(
+            f"{path} is not a tinynn-book checkpoint (format "
+            f"{meta.get('format') if isinstance(meta, dict) else meta!r:.50})")
     if not (type(meta.get('version')) is int and meta['version'] in READABLE_VERSIONS):
-        raise ValueError(f"{path} is checkpoint version {meta.get('version')}; this library reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-    _check_nesting(meta.get('net'), path)  # json.loads has read it; nothing is built from it yet
+        raise ValueError(
+            f"{path} is checkpoint version {meta.get('version')}; this library reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+    # json.loads has read it; nothing is built from it yet
+    _check_nesting(meta.get('net'), path)
     return meta
 
+# %% ../nbs/05_model.ipynb #18f683a5
 def _check_names(meta, headers, path):
-    "Before anything is built: every array in the file is named for one of the layers the description lists"
+    ("Before anything is built: every array in the file is named for one of the layers "
+     "the description lists")
     try: num_layers = len(meta['net']['config']['layers'])
-    except (KeyError, TypeError): return  # not a Net's description: rebuild will say what is wrong with it
+    except (KeyError, TypeError): return  # not a Net's: rebuild will say what is wrong
     pattern = re.compile(rf'(?:{re.escape(STATE_PREFIX)})?(\d+)\..+')
-    stray = [k for k in headers if k != META_KEY and not ((m := pattern.fullmatch(k)) and int(m[1]) < num_layers)]
-    if stray: raise ValueError(f"{path} does not match the architecture it describes: " + '; '.join(f"unexpected '{k}'" for k in stray[:10]))
+    stray = [k for k in headers if k != META_KEY
+             and not ((m := pattern.fullmatch(k)) and int(m[1]) < num_layers)]
+    if stray:
+        raise ValueError(f"{path} does not match the architecture it describes: "
+                         + '; '.join(f"unexpected '{k}'" for k in stray[:10]))
 
 def _checked_values(array, key, path):
-    "`array` if its values are ones a trained model can hold: finite, and a variance never negative"
+    ("`array` if its values are ones a trained model can hold: finite, and a variance "
+     "never negative")
     if array.dtype.kind in 'fc' and not np.all(np.isfinite(array)):
-        raise ValueError(f"{path}: array '{key}' holds NaN or inf values; a trained model never has them (refused)")
+        raise ValueError(f"{path}: array '{key}' holds NaN or inf values; a trained "
+                         f"model never has them (refused)")
     if key.split('.')[-1] in ('running_var', 'var') and array.size and array.min() < 0:
-        raise ValueError(f"{path}: array '{key}' is a variance but holds negative values (min {array.min():.3g}; refused)")
+        raise ValueError(f"{path}: array '{key}' is a variance but holds negative values "
+                         f"(min {array.min():.3g}; refused)")
     return array
 
-def _check_arrays(expected, headers, path): # expected: {name: array}; headers: {name: (shape, dtype)} from the file
-    "Every expected array present with its shape and dtype, and nothing else, or a ValueError listing the differences"
+def _check_arrays(expected, # {name: array}
+                  headers, # {name: (shape, dtype)} from the file
+                  path):
+    ("Every expected array present with its shape and dtype, and nothing else, or a "
+     "ValueError listing the differences")
     problems = [f"missing '{k}'" for k in expected if k not in headers]
     problems += [f"unexpected '{k}'" for k in headers if k not in expected]
-    problems += [f"'{k}' is {headers[k][1]} {headers[k][0]}, the architecture needs {p.dtype} {p.shape}"
-                 for k, p in expected.items() if k in headers and (headers[k][0] != p.shape or headers[k][1] != p.dtype)]
-    if problems: raise ValueError(f"{path} does not match the architecture it describes: " + '; '.join(problems))
+    problems += [f"'{k}' is {headers[k][1]} {headers[k][0]}, the architecture needs "
+                 f"{p.dtype} {p.shape}" for k, p in expected.items() if k in headers
+                 and (headers[k][0] != p.shape or headers[k][1] != p.dtype)]
+    if problems:
+        raise ValueError(f"{path} does not match the architecture it describes: "
+                         + '; '.join(problems))
 
 # %% ../nbs/05_model.ipynb #3636c79e
 def _description_depth(spec):
-    "How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), walked without recursion"
+    ("How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), walked "
+     "without recursion")
     deepest, todo = 0, [(spec, 0)]
     while todo:
         node, depth = todo.pop()
         if isinstance(node, dict):
-            if 'class' in node: deepest, depth = max(deepest, depth), depth + 1  # a layer's description: one level down
+            # a layer's description: one level down
+            if 'class' in node: deepest, depth = max(deepest, depth), depth + 1
             todo += [(v, depth) for v in node.values()]
         elif isinstance(node, list): todo += [(v, depth) for v in node]
     return deepest
 
 def _check_nesting(spec, path):
-    "A ValueError if the net that `spec` describes nests deeper than a Net may (MAX_NESTING)"
+    ("A ValueError if the net that `spec` describes nests deeper than a Net may "
+     "(MAX_NESTING)")
     if (depth := _description_depth(spec)) > MAX_NESTING:
-        raise ValueError(f"{path} describes layers nested {depth} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING} deep "
+        raise ValueError(f"{path} describes layers nested {depth} deep, but a Net nests "
+                         f"at most MAX_NESTING = {MAX_NESTING} deep "
                          "(refused before building anything)")
