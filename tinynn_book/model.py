@@ -330,7 +330,7 @@ def stop_signals_interrupt():
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
-# %% ../nbs/05_model.ipynb #02dac3cf
+# %% ../nbs/05_model.ipynb #87126531
 @contextmanager
 def _interrupts_deferred():
     ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then "
@@ -377,7 +377,7 @@ def _input(self:Model, x):
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
-# %% ../nbs/05_model.ipynb #82a32862
+# %% ../nbs/05_model.ipynb #04880f6c
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
@@ -424,7 +424,7 @@ def predict(self:Model, x,
             out[i:i + len(logits)] = to_numpy(logits)
     return out
 
-# %% ../nbs/05_model.ipynb #f8d2522f
+# %% ../nbs/05_model.ipynb #0c635f4b
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
@@ -522,7 +522,7 @@ def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of ba
     return dict(loss=total_loss / num_seen,
                 accuracy=total_correct / num_seen if self.metric else None)
 
-# %% ../nbs/05_model.ipynb #393325dd
+# %% ../nbs/05_model.ipynb #b057f813
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
     real = (isinstance(lr, (int, float, np.integer, np.floating))
@@ -709,7 +709,7 @@ def describe(obj): # a Layer, Loss or Optimizer
     if len(dtypes) == 1: spec['dtype'] = dtypes.pop()
     return spec
 
-# %% ../nbs/05_model.ipynb #2c14f5e9
+# %% ../nbs/05_model.ipynb #5f73183c
 def rebuild(base, spec): # base: Layer, Loss or Optimizer; spec: what `describe` returned
     ("The object `spec` describes, its class found among `base`'s subclasses (nothing in "
      "`spec` is evaluated)")
@@ -804,7 +804,7 @@ def save(self:Model, path): # where to write; used as given, so end it in .npz
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8)
     return _write_atomic(Path(path), arrays)
 
-# %% ../nbs/05_model.ipynb #d5f2366b
+# %% ../nbs/05_model.ipynb #0519955a
 @patch(cls_method=True)
 def load(cls:Model, path, # a file written by `Model.save`
          device='cpu'): # where it lives: 'cpu' or 'gpu' (chapter 0), whatever saved it
@@ -948,7 +948,7 @@ def _read_meta(file, path):
     _check_nesting(meta.get('net'), path)
     return meta
 
-# %% ../nbs/05_model.ipynb #18f683a5
+# %% ../nbs/05_model.ipynb #c58a6f57
 def _check_names(meta, headers, path):
     ("Before anything is built: every array in the file is named for one of the layers "
      "the description lists")
