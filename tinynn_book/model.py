@@ -25,8 +25,8 @@ __all__ = ['MAX_NESTING', 'STOP_SIGNALS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSI
 # %% ../nbs/05_model.ipynb #58c2121b
 def make_spirals(n_per_class=100, num_classes=3, noise=0.2,
                  rng=None): # rng: None (global), seed or Generator
-    ("Interleaved 2-D spirals, one arm per class: x float32 (N, 2) in [-1, 1], y int64 "
-     "(N,) labels")
+    ("Interleaved 2-D spirals, one arm per class: x float32 (N, 2) in [-1, 1], "
+     "y int64 (N,) labels")
     rng = get_rng(rng)
     # distance from the centre along the arm
     r = np.tile(np.linspace(0.0, 1.0, n_per_class), num_classes)
@@ -41,8 +41,8 @@ def make_spirals(n_per_class=100, num_classes=3, noise=0.2,
 MAX_NESTING = 100
 
 def _sublayers(layer):
-    ("(name, layer) for the layers directly inside `layer`: its `layers` list, and "
-     "Layers (or lists) kept as attributes")
+    ("(name, layer) for the layers directly inside `layer`: its `layers` list, "
+     "and Layers (or lists) kept as attributes")
     for key, value in vars(layer).items():
         if isinstance(value, Layer): yield key, value
         elif isinstance(value, (list, tuple)):
@@ -74,8 +74,8 @@ def _check_distinct(net):
 
 # %% ../nbs/05_model.ipynb #3b40c79d
 class Net(Layer):
-    ("Layers applied in sequence; a Layer itself, so nets nest and gradient-check like "
-     "any layer")
+    ("Layers applied in sequence; a Layer itself, "
+     "so nets nest and gradient-check like any layer")
     def __init__(self, layers): # Layer objects, applied first to last
         self.layers = list(layers)  # no Layer.__init__: params, grads are views (below)
         if not self.layers: raise ValueError("Net needs at least one layer, got none")
@@ -108,8 +108,8 @@ class Net(Layer):
     def grads(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
                              for k, v in layer.grads.items()}
     def parameters(self):
-        ("(param, grad) pairs in a fixed order; call it after every backward, which "
-         "stores new gradient arrays")
+        ("(param, grad) pairs in a fixed order; call it after every backward, "
+         "which stores new gradient arrays")
         grads = self.grads
         return [(p, grads[k]) for k, p in self.params.items()]
 
@@ -168,8 +168,8 @@ def _check_device(layer, x):
 
 @patch
 def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
-    ("Move every layer's parameters, gradients and state to `device`, in place; returns "
-     "self")
+    ("Move every layer's parameters, gradients and state to `device`, in place; "
+     "returns self")
     moved = []  # all or nothing: if a layer refuses, the layers before it go back
     try:
         for layer in self.layers:
@@ -193,22 +193,22 @@ Net.needs_input_grad = property(_get_needs_input_grad, _set_needs_input_grad,
 
 # %% ../nbs/05_model.ipynb #202470b7
 def _layer_state(layer):
-    ("A layer's state arrays by name: a container's own `state` property (Net), else the "
-     "attributes in `state_names`")
+    ("A layer's state arrays by name: a container's own `state` property (Net), "
+     "else the attributes in `state_names`")
     if isinstance(getattr(type(layer), 'state', None), property): return layer.state
     return {name: getattr(layer, name) for name in getattr(layer, 'state_names', ())}
 
 @patch(as_prop=True)
 def state(self:Net):
-    ("Non-learned arrays to save with the weights (each layer's `state_names`), keyed "
-     "`'i.name'` like `params`")
+    ("Non-learned arrays to save with the weights (each layer's `state_names`), "
+     "keyed `'i.name'` like `params`")
     return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
             for k, v in _layer_state(layer).items()}
 
 # %% ../nbs/05_model.ipynb #eae63107
 def _same_device(a, b):
-    ("`a` and `b` as arrays where they live (one number comes back from a GPU), or both "
-     "in main memory if they live apart")
+    ("`a` and `b` as arrays where they live (one number comes back from a GPU), "
+     "or both in main memory if they live apart")
     if device_of(a) == device_of(b):
         return array_module(a).asarray(a), array_module(b).asarray(b)
     return to_numpy(a), to_numpy(b)
@@ -306,8 +306,8 @@ STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP')
                      if hasattr(signal, n))  # kill, timeout, logout
 
 class Interrupted(KeyboardInterrupt):
-    ("SIGTERM or SIGHUP received during `Model.fit`, raised where a Ctrl-C would raise "
-     "`KeyboardInterrupt`")
+    ("SIGTERM or SIGHUP received during `Model.fit`, "
+     "raised where a Ctrl-C would raise `KeyboardInterrupt`")
     def __init__(self, signum): # the signal's number
         super().__init__(signal.Signals(signum).name); self.signum = signum
     @property
@@ -330,11 +330,11 @@ def stop_signals_interrupt():
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
-# %% ../nbs/05_model.ipynb #87126531
+# %% ../nbs/05_model.ipynb #e9b8baf3
 @contextmanager
 def _interrupts_deferred():
-    ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then "
-     "deliver them: it runs all or nothing")
+    ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, "
+     "then deliver them: it runs all or nothing")
     if threading.current_thread() is not threading.main_thread(): yield; return
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT,) + STOP_SIGNALS}
     # an ignored or default signal is left alone
@@ -357,27 +357,27 @@ def dtype(self:Model):
 
 @patch(as_prop=True)
 def device(self:Model):
-    ("The device of the net's parameters: `train_step`, `fit`, `predict` and `evaluate` "
-     "move each batch there")
+    ("The device of the net's parameters: `train_step`, `fit`, "
+     "`predict` and `evaluate` move each batch there")
     for layer in self.net.layers:
         for p in layer.params.values(): return device_of(p)
     return 'cpu'
 
 @patch
 def to(self:Model, device): # 'cpu' or 'gpu' (chapter 0)
-    ("Move the net's parameters, gradients and state, and the optimizer's state, to "
-     "`device`; returns self")
+    ("Move the net's parameters, gradients and state, and the optimizer's state, "
+     "to `device`; returns self")
     self.net.to(device); self.optimizer.to(device)
     return self
 
 @patch
 def _input(self:Model, x):
-    ("A batch on the net's device and in its dtype, copied or cast only when it is not "
-     "already")
+    ("A batch on the net's device and in its dtype, "
+     "copied or cast only when it is not already")
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
-# %% ../nbs/05_model.ipynb #04880f6c
+# %% ../nbs/05_model.ipynb #7e50f17b
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
@@ -389,8 +389,8 @@ def _check_xy(self:Model, x, y, who):
 def _check_count(value, name, # the argument's name
                  who, # the method, for the message
                  minimum=1):
-    ("`value` as an int if it is an integer (not a bool) >= `minimum`, else a ValueError "
-     "naming `who` and `name`")
+    ("`value` as an int if it is an integer (not a bool) >= `minimum`, "
+     "else a ValueError naming `who` and `name`")
     if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
             or value < minimum):
         kind = ('positive' if minimum == 1 else 'non-negative' if minimum == 0
@@ -424,7 +424,7 @@ def predict(self:Model, x,
             out[i:i + len(logits)] = to_numpy(logits)
     return out
 
-# %% ../nbs/05_model.ipynb #0c635f4b
+# %% ../nbs/05_model.ipynb #f4a41c60
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
@@ -464,8 +464,8 @@ class History(dict):
         return f'History(epochs={self.epochs}' + (f', last: {last})' if last else ')')
 
     def plot(self, title='Training curves'): # the figure's title
-        ("Loss (and accuracy, if measured) per epoch, training and validation; returns "
-         "the figure")
+        ("Loss (and accuracy, if measured) per epoch, training and validation; "
+         "returns the figure")
         import matplotlib.pyplot as plt
         has = lambda k: any(v is not None for v in self[k])
         panels = ['loss'] + (['accuracy'] if has('accuracy') else [])
@@ -488,8 +488,8 @@ def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of ba
                  lr_schedule, first_step, # step -> lr (or None); this epoch's first step
                  bar, where, # tqdm bar updated per step; where: 'epoch e/E' for errors
                  drop_last=False): # leave out a last batch smaller than batch_size
-    ("One pass over (x, y) in mini-batches; returns the epoch's mean loss and metric "
-     "over its batches")
+    ("One pass over (x, y) in mini-batches; "
+     "returns the epoch's mean loss and metric over its batches")
     num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     total_loss = total_correct = num_seen = 0.0
     for step in range(num_steps):
@@ -522,7 +522,7 @@ def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of ba
     return dict(loss=total_loss / num_seen,
                 accuracy=total_correct / num_seen if self.metric else None)
 
-# %% ../nbs/05_model.ipynb #b057f813
+# %% ../nbs/05_model.ipynb #8935a6d5
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
     real = (isinstance(lr, (int, float, np.integer, np.floating))
@@ -626,8 +626,8 @@ def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed,
 
 # %% ../nbs/05_model.ipynb #39947e56
 class Summary:
-    ("`Model.summary`'s result: `rows` of (layer, output shape, parameter count), the "
-     "totals, and the table as its str")
+    ("`Model.summary`'s result: `rows` of (layer, output shape, parameter count), "
+     "the totals, and the table as its str")
     def __init__(self, rows, # (name, shape, count) tuples
                  nbytes): # the parameters' memory
         self.rows, self.nbytes = rows, nbytes
@@ -650,8 +650,8 @@ class Summary:
 @patch
 def summary(self:Model,
             input_shape): # one example's shape (no batch axis): (2,) or (1, 28, 28)
-    ("Table of each layer's output shape and parameter count, found by pushing one "
-     "all-zero example through the net")
+    ("Table of each layer's output shape and parameter count, "
+     "found by pushing one all-zero example through the net")
     shape = ((input_shape,) if isinstance(input_shape, (int, np.integer))
              else tuple(input_shape))
     x = to_device(np.zeros((1,) + shape, self.dtype), self.device)
@@ -700,8 +700,8 @@ class _RebuildError(ValueError): pass
 _param_budget = contextvars.ContextVar('_param_budget', default=None)
 
 def describe(obj): # a Layer, Loss or Optimizer
-    ("JSON-able description of `obj`: class name, module, `config()`, and its "
-     "parameters' dtype if they share one")
+    ("JSON-able description of `obj`: class name, module, `config()`, "
+     "and its parameters' dtype if they share one")
     spec = {'class': type(obj).__name__, 'module': type(obj).__module__,
             'config': obj.config()}
     dtypes = {str(p.dtype) for p in (getattr(obj, 'params', None) or {}).values()}
@@ -709,7 +709,7 @@ def describe(obj): # a Layer, Loss or Optimizer
     if len(dtypes) == 1: spec['dtype'] = dtypes.pop()
     return spec
 
-# %% ../nbs/05_model.ipynb #5f73183c
+# %% ../nbs/05_model.ipynb #b0fc8240
 def rebuild(base, spec): # base: Layer, Loss or Optimizer; spec: what `describe` returned
     ("The object `spec` describes, its class found among `base`'s subclasses (nothing in "
      "`spec` is evaluated)")
@@ -804,12 +804,12 @@ def save(self:Model, path): # where to write; used as given, so end it in .npz
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8)
     return _write_atomic(Path(path), arrays)
 
-# %% ../nbs/05_model.ipynb #0519955a
+# %% ../nbs/05_model.ipynb #3329be1a
 @patch(cls_method=True)
 def load(cls:Model, path, # a file written by `Model.save`
          device='cpu'): # where it lives: 'cpu' or 'gpu' (chapter 0), whatever saved it
-    ("Rebuild a saved Model: architecture, loss and optimizer from its JSON, arrays "
-     "checked by name, shape and dtype")
+    ("Rebuild a saved Model: architecture, loss and optimizer from its JSON, "
+     "arrays checked by name, shape and dtype")
     # the archive's directory and each array's header: no array data yet
     with _CheckpointFile(path) as file:
         meta = _read_meta(file, path)
@@ -851,8 +851,8 @@ def _write_atomic(path, arrays):
     return path
 
 def _new_file_beside(path):
-    ("(name, binary file) of a new, uniquely named file in `path`'s directory, its name "
-     "short enough for any file system")
+    ("(name, binary file) of a new, uniquely named file in `path`'s directory, "
+     "its name short enough for any file system")
     for _ in range(100):
         # same directory: os.replace is a rename
         tmp = path.with_name(f'.{path.name[:40]}.{secrets.token_hex(8)}.tmp')
@@ -879,8 +879,8 @@ def _npy_header(f):
 
 # %% ../nbs/05_model.ipynb #3eceaaa2
 class _CheckpointFile:
-    ("An .npz checkpoint open for reading: every member's .npy header up front, an "
-     "array's data only when read")
+    ("An .npz checkpoint open for reading: every member's .npy header up front, "
+     "an array's data only when read")
     def __init__(self, path):
         self.path, self.headers, self._members = path, {}, {}
         with open(path, 'rb') as f: magic = f.read(6)  # OSErrors stay as they are
@@ -920,8 +920,8 @@ class _CheckpointFile:
 
 # %% ../nbs/05_model.ipynb #657e177f
 def _read_meta(file, path):
-    ("The checkpoint's JSON description, checked for the format name, a readable version "
-     "and the net's nesting")
+    ("The checkpoint's JSON description, checked for the format name, "
+     "a readable version and the net's nesting")
     if META_KEY not in file.headers:
         raise ValueError(f"{path} is not a tinynn-book checkpoint: it has no "
                          f"'{META_KEY}' entry")
@@ -948,7 +948,7 @@ def _read_meta(file, path):
     _check_nesting(meta.get('net'), path)
     return meta
 
-# %% ../nbs/05_model.ipynb #c58a6f57
+# %% ../nbs/05_model.ipynb #77d4c939
 def _check_names(meta, headers, path):
     ("Before anything is built: every array in the file is named for one of the layers "
      "the description lists")
@@ -962,8 +962,8 @@ def _check_names(meta, headers, path):
                          + '; '.join(f"unexpected '{k}'" for k in stray[:10]))
 
 def _checked_values(array, key, path):
-    ("`array` if its values are ones a trained model can hold: finite, and a variance "
-     "never negative")
+    ("`array` if its values are ones a trained model can hold: finite, "
+     "and a variance never negative")
     if array.dtype.kind in 'fc' and not np.all(np.isfinite(array)):
         raise ValueError(f"{path}: array '{key}' holds NaN or inf values; a trained "
                          f"model never has them (refused)")
@@ -975,8 +975,8 @@ def _checked_values(array, key, path):
 def _check_arrays(expected, # {name: array}
                   headers, # {name: (shape, dtype)} from the file
                   path):
-    ("Every expected array present with its shape and dtype, and nothing else, or a "
-     "ValueError listing the differences")
+    ("Every expected array present with its shape and dtype, and nothing else, "
+     "or a ValueError listing the differences")
     problems = [f"missing '{k}'" for k in expected if k not in headers]
     problems += [f"unexpected '{k}'" for k in headers if k not in expected]
     problems += [f"'{k}' is {headers[k][1]} {headers[k][0]}, the architecture needs "
@@ -988,8 +988,8 @@ def _check_arrays(expected, # {name: array}
 
 # %% ../nbs/05_model.ipynb #3636c79e
 def _description_depth(spec):
-    ("How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), walked "
-     "without recursion")
+    ("How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), "
+     "walked without recursion")
     deepest, todo = 0, [(spec, 0)]
     while todo:
         node, depth = todo.pop()
