@@ -223,8 +223,8 @@ def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows
     return float(np.mean(logits.argmax(-1) == labels))
 
 def binary_accuracy(logits, y): # logits and 0/1 targets of the same shape
-    ("Fraction of outputs where the logit's sign agrees with the 0/1 target (sigmoid > "
-     "1/2 means class 1)")
+    ("Fraction of outputs where the logit's sign agrees with the 0/1 target "
+     "(sigmoid > 1/2 means class 1)")
     logits, y = _same_device(logits, y)
     if logits.shape != y.shape:
         raise ValueError(f"binary_accuracy expected targets of the logits' shape "
@@ -322,15 +322,14 @@ def stop_signals_interrupt():
      "process unannounced")
     # only the main thread gets signals
     if threading.current_thread() is not threading.main_thread(): yield; return
-    # a signal someone else handles, or one that is ignored (nohup ignores SIGHUP), is
-    # left alone
+    # a signal handled elsewhere, or an ignored one (nohup ignores SIGHUP), is left alone
     previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS
                 if signal.getsignal(s) == signal.SIG_DFL}
     try: yield
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
-# %% ../nbs/05_model.ipynb #e9b8baf3
+# %% ../nbs/05_model.ipynb #3d87a38b
 @contextmanager
 def _interrupts_deferred():
     ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, "
@@ -377,7 +376,7 @@ def _input(self:Model, x):
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
-# %% ../nbs/05_model.ipynb #7e50f17b
+# %% ../nbs/05_model.ipynb #a2b4de8d
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
@@ -424,7 +423,7 @@ def predict(self:Model, x,
             out[i:i + len(logits)] = to_numpy(logits)
     return out
 
-# %% ../nbs/05_model.ipynb #f4a41c60
+# %% ../nbs/05_model.ipynb #d3cdd756
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
@@ -446,8 +445,8 @@ def evaluate(self:Model, x, y, batch_size=1024):
 
 # %% ../nbs/05_model.ipynb #4c5ee488
 class History(dict):
-    ("What `fit` records, one entry per epoch under each key (None where it does not "
-     "apply)")
+    ("What `fit` records, one entry per epoch under each key "
+     "(None where it does not apply)")
     KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'lr', 'seconds')
     def __init__(self):
         super().__init__({k: [] for k in self.KEYS})
@@ -522,7 +521,7 @@ def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of ba
     return dict(loss=total_loss / num_seen,
                 accuracy=total_correct / num_seen if self.metric else None)
 
-# %% ../nbs/05_model.ipynb #8935a6d5
+# %% ../nbs/05_model.ipynb #25269511
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
     real = (isinstance(lr, (int, float, np.integer, np.floating))
@@ -540,8 +539,8 @@ class Callback:
 @patch
 def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks,
               drop_last=False):
-    ("`fit`'s arguments checked, each error naming the argument: (x, y, validation_data, "
-     "a list of Callbacks)")
+    ("`fit`'s arguments checked, each error naming the argument: "
+     "(x, y, validation_data, a list of Callbacks)")
     x, y = self._check_xy(x, y, 'fit')
     _check_count(epochs, 'epochs', 'Model.fit', minimum=0)
     if seed is not None: _check_count(seed, 'seed', 'Model.fit', minimum=0)
@@ -709,10 +708,10 @@ def describe(obj): # a Layer, Loss or Optimizer
     if len(dtypes) == 1: spec['dtype'] = dtypes.pop()
     return spec
 
-# %% ../nbs/05_model.ipynb #b0fc8240
+# %% ../nbs/05_model.ipynb #9f5cf2d7
 def rebuild(base, spec): # base: Layer, Loss or Optimizer; spec: what `describe` returned
-    ("The object `spec` describes, its class found among `base`'s subclasses (nothing in "
-     "`spec` is evaluated)")
+    ("The object `spec` describes, its class found among `base`'s subclasses "
+     "(nothing in `spec` is evaluated)")
     if not (isinstance(spec, dict) and isinstance(spec.get('class'), str)
             and isinstance(spec.get('config'), dict)):
         raise _RebuildError(f"expected a {base.__name__} description {{'class': str, "
@@ -804,7 +803,7 @@ def save(self:Model, path): # where to write; used as given, so end it in .npz
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8)
     return _write_atomic(Path(path), arrays)
 
-# %% ../nbs/05_model.ipynb #3329be1a
+# %% ../nbs/05_model.ipynb #a1955175
 @patch(cls_method=True)
 def load(cls:Model, path, # a file written by `Model.save`
          device='cpu'): # where it lives: 'cpu' or 'gpu' (chapter 0), whatever saved it
@@ -835,8 +834,8 @@ def load(cls:Model, path, # a file written by `Model.save`
 
 # %% ../nbs/05_model.ipynb #aa237e17
 def _write_atomic(path, arrays):
-    ("np.savez `arrays` to `path` via a new temporary file in the same directory and a "
-     "rename")
+    ("np.savez `arrays` to `path` "
+     "via a new temporary file in the same directory and a rename")
     tmp, f = _new_file_beside(path)
     try:
         with f:
@@ -948,7 +947,7 @@ def _read_meta(file, path):
     _check_nesting(meta.get('net'), path)
     return meta
 
-# %% ../nbs/05_model.ipynb #77d4c939
+# %% ../nbs/05_model.ipynb #c615228c
 def _check_names(meta, headers, path):
     ("Before anything is built: every array in the file is named for one of the layers "
      "the description lists")
