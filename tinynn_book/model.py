@@ -4,13 +4,15 @@
 
 # %% ../nbs/05_model.ipynb #1a4aa57d
 from __future__ import annotations
-import contextvars, importlib, json, math, os, re, secrets, signal, threading, time, zipfile
+import contextvars, importlib, json, math, os, re, secrets, signal, threading, \
+    time, zipfile
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .tensor import DEFAULT_DTYPE, array_module, device_of, get_rng, to_device, to_numpy
+from .tensor import (DEFAULT_DTYPE, array_module, device_of, get_rng,
+                                to_device, to_numpy)
 from .layers import Layer
 from .losses import Loss
 from .optim import Optimizer
@@ -21,74 +23,93 @@ __all__ = ['MAX_NESTING', 'STOP_SIGNALS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSI
            'Interrupted', 'stop_signals_interrupt', 'History', 'Callback', 'Summary', 'describe', 'rebuild']
 
 # %% ../nbs/05_model.ipynb #58c2121b
-def make_spirals(n_per_class=100, num_classes=3, noise=0.2, rng=None): # rng: None (global), seed or Generator
-    "Interleaved 2-D spirals, one arm per class: x float32 (N, 2) in [-1, 1], y int64 (N,) labels"
+def make_spirals(n_per_class=100, num_classes=3, noise=0.2,
+                 rng=None): # rng: None (global), seed or Generator
+    ("Interleaved 2-D spirals, one arm per class: x float32 (N, 2) in [-1, 1], "
+     "y int64 (N,) labels")
     rng = get_rng(rng)
-    r = np.tile(np.linspace(0.0, 1.0, n_per_class), num_classes)  # distance from the centre along the arm
+    # distance from the centre along the arm
+    r = np.tile(np.linspace(0.0, 1.0, n_per_class), num_classes)
     y = np.repeat(np.arange(num_classes), n_per_class)
-    theta = 4.0 * (y + r) + noise * rng.normal(size=r.shape)     # each arm turns 4 radians, offset by its class
+    # each arm turns 4 radians, offset by its class
+    theta = 4.0 * (y + r) + noise * rng.normal(size=r.shape)
     x = np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
     return x.astype(np.float32), y.astype(np.int64)
 
 # %% ../nbs/05_model.ipynb #1256543f
-MAX_NESTING = 100  # how deep nets may nest: repr, save and load recurse a few Python frames per level
+# how deep nets may nest: repr, save and load recurse a few Python frames per level
+MAX_NESTING = 100
 
 def _sublayers(layer):
-    "(name, layer) for the layers directly inside `layer`: its `layers` list, and Layers (or lists) kept as attributes"
+    ("(name, layer) for the layers directly inside `layer`: its `layers` list, "
+     "and Layers (or lists) kept as attributes")
     for key, value in vars(layer).items():
         if isinstance(value, Layer): yield key, value
         elif isinstance(value, (list, tuple)):
             for j, v in enumerate(value):
-                if isinstance(v, Layer): yield (str(j) if key == 'layers' else f'{key}.{j}'), v
+                if isinstance(v, Layer):
+                    yield (str(j) if key == 'layers' else f'{key}.{j}'), v
 
 def _check_distinct(net):
-    "A ValueError naming both positions if one layer object appears twice anywhere inside `net`, or if it nests too deep"
-    seen, deepest, todo = {}, 0, [(str(j), layer, 1) for j, layer in enumerate(net.layers)][::-1]
-    while todo:  # a stack, not recursion: the walk itself never meets Python's recursion limit
+    ("A ValueError naming both positions if one layer object appears twice anywhere "
+     "inside `net`, or if it nests too deep")
+    seen, deepest, todo = {}, 0, [(str(j), layer, 1)
+                                  for j, layer in enumerate(net.layers)][::-1]
+    # a stack, not recursion: the walk itself never meets Python's recursion limit
+    while todo:
         where, layer, depth = todo.pop()
         if id(layer) in seen:
-            raise ValueError(f"Net: one {type(layer).__name__} object is at positions {seen[id(layer)][0]} and {where}; "
-                             f"a layer caches its input for backward, so give each position its own {type(layer).__name__}")
-        seen[id(layer)], deepest = (where, layer), max(deepest, depth)  # the layer is kept so its id cannot be reused
+            raise ValueError(f"Net: one {type(layer).__name__} object is at positions "
+                             f"{seen[id(layer)][0]} and {where}; "
+                             f"a layer caches its input for backward, so give each "
+                             f"position its own {type(layer).__name__}")
+        # the layer is kept so its id cannot be reused
+        seen[id(layer)], deepest = (where, layer), max(deepest, depth)
         todo += [(f'{where}.{k}', v, depth + 1) for k, v in _sublayers(layer)][::-1]
     if deepest > MAX_NESTING:
-        raise ValueError(f"{type(net).__name__}: layers nested {deepest} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING} "
-                         "deep: printing, saving and loading follow the nesting by recursion, which Python limits")
-
+        raise ValueError(f"{type(net).__name__}: layers nested {deepest} deep, but a Net "
+                         f"nests at most MAX_NESTING = {MAX_NESTING} "
+                         "deep: printing, saving and loading follow the nesting by "
+                         "recursion, which Python limits")
 
 # %% ../nbs/05_model.ipynb #3b40c79d
 class Net(Layer):
-    "Layers applied in sequence; a Layer itself, so nets nest and gradient-check like any layer"
+    ("Layers applied in sequence; a Layer itself, "
+     "so nets nest and gradient-check like any layer")
     def __init__(self, layers): # Layer objects, applied first to last
-        # no Layer.__init__: params and grads are views of the layers' own dicts (below), not dicts of our own
-        self.layers = list(layers)
+        self.layers = list(layers)  # no Layer.__init__: params, grads are views (below)
         if not self.layers: raise ValueError("Net needs at least one layer, got none")
         for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer): raise TypeError(f"Net expected Layer objects, got {type(layer).__name__} at position {i}")
-        _check_distinct(self)  # one object at two positions would cache one input for both: wrong gradients
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Net expected Layer objects, got {type(layer).__name__} "
+                                f"at position {i}")
+        _check_distinct(self)  # twice the same object: one cached input, wrong gradients
 
     def forward(self, x):                                  # (1)
         for layer in self.layers:
-            _check_device(layer, x)   # a CPU array meeting GPU weights is an error, never a silent copy
+            _check_device(layer, x)  # CPU data, GPU weights: an error, not a silent copy
             x = layer.forward(x)
         return x
-
     def backward(self, grad):                              # (2), last layer first
         for i in range(len(self.layers) - 1, -1, -1):
             grad = self.layers[i].backward(grad)
-            if grad is None:  # a layer that skipped its input's gradient: legal only if nothing before it learns
+            if grad is None:  # no input gradient: legal only if no layer before it learns
                 if any(layer.params for layer in self.layers[:i]):
-                    raise RuntimeError(f"{self.layers[i]!r} at position {i} returned no input gradient, but layers before it have parameters")
+                    raise RuntimeError(f"{self.layers[i]!r} at position {i} returned "
+                                       "no input gradient, but layers before it "
+                                       "have parameters")
                 break
         return grad
 
     @property
-    def params(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+    def params(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
+                              for k, v in layer.params.items()}
     @property
-    def grads(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
-
+    def grads(self): return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
+                             for k, v in layer.grads.items()}
     def parameters(self):
-        "(param, grad) pairs in a fixed order; call it after every backward, which stores new gradient arrays"
+        ("(param, grad) pairs in a fixed order; call it after every backward, "
+         "which stores new gradient arrays")
         grads = self.grads
         return [(p, grads[k]) for k, p in self.params.items()]
 
@@ -108,12 +129,14 @@ def __iter__(self:Net):
 @patch
 def __repr__(self:Net):
     "One numbered line per layer, nested nets indented"
-    lines = [f'  ({i}): ' + repr(layer).replace('\n', '\n  ') for i, layer in enumerate(self.layers)]
+    lines = [f'  ({i}): ' + repr(layer).replace('\n', '\n  ')
+             for i, layer in enumerate(self.layers)]
     return 'Net(\n' + '\n'.join(lines) + '\n)'
 
 @patch
 def train(self:Net, mode=True): # False is evaluation mode
-    "Set `training` on this net and every layer in it (Dropout and BatchNorm read it); returns self"
+    ("Set `training` on this net and every layer in it (Dropout and BatchNorm read it); "
+     "returns self")
     self.training = mode
     for layer in self.layers:
         if isinstance(layer, Net): layer.train(mode)
@@ -132,17 +155,21 @@ def astype(self:Net, dtype):
 
 # %% ../nbs/05_model.ipynb #7fd882f9
 def _check_device(layer, x):
-    "A TypeError naming `layer` and both devices unless `x` lives where the layer's parameters do (chapter 0)"
+    ("A TypeError naming `layer` and both devices unless `x` lives where the layer's "
+     "parameters do (chapter 0)")
     if isinstance(layer, Net): return   # a nested net checks its own layers
     for p in layer.params.values():
         if device_of(p) != device_of(x):
-            raise TypeError(f"{layer!r} has its parameters on the {device_of(p)} but got input on the {device_of(x)}: move "
-                            f"the model with .to({device_of(x)!r}), or the data with to_device(x, {device_of(p)!r})")
+            raise TypeError(f"{layer!r} has its parameters on the {device_of(p)} but got "
+                            f"input on the {device_of(x)}: move "
+                            f"the model with .to({device_of(x)!r}), or the data with "
+                            f"to_device(x, {device_of(p)!r})")
         return
 
 @patch
 def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
-    "Move every layer's parameters, gradients and state to `device`, in place; returns self"
+    ("Move every layer's parameters, gradients and state to `device`, in place; "
+     "returns self")
     moved = []  # all or nothing: if a layer refuses, the layers before it go back
     try:
         for layer in self.layers:
@@ -156,27 +183,34 @@ def to(self:Net, device): # 'cpu' or 'gpu' (chapter 0)
 # %% ../nbs/05_model.ipynb #5ede1f44
 def _get_needs_input_grad(self): return self.layers[0].needs_input_grad
 def _set_needs_input_grad(self, value):
-    # layers before the first one with parameters only pass gradients along, so they inherit the setting
+    # layers before the first one with parameters only pass gradients along, so they
+    # inherit the setting
     for layer in self.layers:
         layer.needs_input_grad = value
         if layer.params: break
-Net.needs_input_grad = property(_get_needs_input_grad, _set_needs_input_grad, doc="Whether `backward` returns the input's gradient")
+Net.needs_input_grad = property(_get_needs_input_grad, _set_needs_input_grad,
+                                doc="Whether `backward` returns the input's gradient")
 
 # %% ../nbs/05_model.ipynb #202470b7
 def _layer_state(layer):
-    "A layer's state arrays by name: a container's own `state` property (Net), else the attributes in `state_names`"
+    ("A layer's state arrays by name: a container's own `state` property (Net), "
+     "else the attributes in `state_names`")
     if isinstance(getattr(type(layer), 'state', None), property): return layer.state
     return {name: getattr(layer, name) for name in getattr(layer, 'state_names', ())}
 
 @patch(as_prop=True)
 def state(self:Net):
-    "Non-learned arrays to save with the weights (each layer's `state_names`), keyed `'i.name'` like `params`"
-    return {f'{i}.{k}': v for i, layer in enumerate(self.layers) for k, v in _layer_state(layer).items()}
+    ("Non-learned arrays to save with the weights (each layer's `state_names`), "
+     "keyed `'i.name'` like `params`")
+    return {f'{i}.{k}': v for i, layer in enumerate(self.layers)
+            for k, v in _layer_state(layer).items()}
 
 # %% ../nbs/05_model.ipynb #eae63107
 def _same_device(a, b):
-    "`a` and `b` as arrays where they live (one number comes back from a GPU), or both in main memory if they live apart"
-    if device_of(a) == device_of(b): return array_module(a).asarray(a), array_module(b).asarray(b)
+    ("`a` and `b` as arrays where they live (one number comes back from a GPU), "
+     "or both in main memory if they live apart")
+    if device_of(a) == device_of(b):
+        return array_module(a).asarray(a), array_module(b).asarray(b)
     return to_numpy(a), to_numpy(b)
 
 def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows (N, C)
@@ -184,42 +218,58 @@ def accuracy(logits, y): # logits (N, C); y: integer labels (N,) or one-hot rows
     logits, y = _same_device(logits, y)
     labels = y.argmax(-1) if y.ndim == 2 else y
     if logits.ndim != 2 or labels.shape != (len(logits),):
-        raise ValueError(f"accuracy expected logits (N, C) with labels (N,) or one-hot targets (N, C), got {logits.shape} and {y.shape}")
+        raise ValueError(f"accuracy expected logits (N, C) with labels (N,) or one-hot "
+                         f"targets (N, C), got {logits.shape} and {y.shape}")
     return float(np.mean(logits.argmax(-1) == labels))
 
 def binary_accuracy(logits, y): # logits and 0/1 targets of the same shape
-    "Fraction of outputs where the logit's sign agrees with the 0/1 target (sigmoid > 1/2 means class 1)"
+    ("Fraction of outputs where the logit's sign agrees with the 0/1 target "
+     "(sigmoid > 1/2 means class 1)")
     logits, y = _same_device(logits, y)
-    if logits.shape != y.shape: raise ValueError(f"binary_accuracy expected targets of the logits' shape {logits.shape}, got {y.shape}")
+    if logits.shape != y.shape:
+        raise ValueError(f"binary_accuracy expected targets of the logits' shape "
+                         f"{logits.shape}, got {y.shape}")
     return float(np.mean((logits > 0) == (y > 0.5)))
 
 def _default_metric(loss):
     names = {cls.__name__ for cls in type(loss).__mro__}
-    return accuracy if 'SoftmaxCrossEntropy' in names else binary_accuracy if 'SigmoidCrossEntropy' in names else None
+    return (accuracy if 'SoftmaxCrossEntropy' in names
+            else binary_accuracy if 'SigmoidCrossEntropy' in names else None)
 
 # %% ../nbs/05_model.ipynb #eab1322a
 class Model:
-    "A net, a loss and an optimizer: `train_step`, `fit`, `predict`, `evaluate`, `summary`, `save` and `Model.load`"
-    def __init__(self, net, loss, optimizer): # net: a Net (or a list of layers); loss: a Loss; optimizer: an Optimizer
-        if not isinstance(net, Net): net = Net(net if isinstance(net, (list, tuple)) else [net])
-        if not isinstance(loss, Loss): raise TypeError(f"Model expected a Loss, got {type(loss).__name__}")
-        if not isinstance(optimizer, Optimizer): raise TypeError(f"Model expected an Optimizer, got {type(optimizer).__name__}")
+    ("A net, a loss and an optimizer: `train_step`, `fit`, `predict`, `evaluate`, "
+     "`summary`, `save` and `Model.load`")
+    def __init__(self, net, # a Net (or a list of layers)
+                 loss, # a Loss
+                 optimizer): # an Optimizer
+        if not isinstance(net, Net):
+            net = Net(net if isinstance(net, (list, tuple)) else [net])
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Model expected a Loss, got {type(loss).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("Model expected an Optimizer, got "
+                            f"{type(optimizer).__name__}")
         self.net, self.loss, self.optimizer = net, loss, optimizer
-        self.net.needs_input_grad = False  # the data is not a parameter: its gradient would be computed and thrown away
+        # the data is not a parameter: its gradient would be computed and thrown away
+        self.net.needs_input_grad = False
         self.metric = _default_metric(loss)
-        self.history = None  # the History of the latest `fit`, filled epoch by epoch (still there if the run is interrupted)
+        # the latest `fit`'s History, filled per epoch (kept if the run is interrupted)
+        self.history = None
 
-    def __repr__(self): return f'Model(loss={self.loss!r}, optimizer={self.optimizer!r},\n      net={self.net!r})'
+    def __repr__(self): return (f'Model(loss={self.loss!r}, '
+                                f'optimizer={self.optimizer!r},\n      net={self.net!r})')
 
     def _step(self, x, y):
         x, y = self._check_xy(x, y, 'train_step')
-        x, y = self._input(x), to_device(y, self.device)        # the batch goes where the net is
-        with _state_kept_on_error(self.net):                    # a failed step leaves running statistics as they were
+        x, y = self._input(x), to_device(y, self.device)  # batch goes where the net is
+        with _state_kept_on_error(self.net):  # a failed step restores running statistics
             logits = self.net.forward(x)                        # (1)
             loss = self.loss.loss(logits, y)                    # (3) on the batch
-            if not math.isfinite(loss): raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss}; {_params_note(self.net)}")
             self.net.backward(self.loss.grad(logits, y))        # (2)
-        with _interrupts_deferred():                            # Ctrl-C waits until every parameter is updated
+        with _interrupts_deferred():  # Ctrl-C waits until every parameter is updated
             self.optimizer.step(self.net.parameters())          # θ ← θ − η ĝ_B
         return loss, logits
 
@@ -228,57 +278,73 @@ class Model:
         return self._step(x, y)[0]
 
 # %% ../nbs/05_model.ipynb #c6695ab7
-def _nonfinite(net): return [k for k, p in net.params.items() if not np.all(np.isfinite(p))]  # names of NaN/inf parameters
+def _nonfinite(net):  # names of NaN/inf parameters
+    return [k for k, p in net.params.items() if not np.all(np.isfinite(p))]
 
 def _params_note(net):
     "What a step that failed before its update left in the parameters, said truthfully"
     bad = _nonfinite(net)
-    if not bad: return "the parameters keep their values from before this step, and so does every layer's state"
-    return f"parameters {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} were already NaN or inf before this step (an earlier update made them so)"
+    if not bad:
+        return ("the parameters keep their values from before this step, and so does "
+                "every layer's state")
+    return (f"parameters {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} were "
+            f"already NaN or inf before this step (an earlier update made them so)")
 
 @contextmanager
 def _state_kept_on_error(net):
-    "If the block raises, put back the values `net.state` had before it (BatchNorm's running statistics)"
+    ("If the block raises, put back the values `net.state` had before it (BatchNorm's "
+     "running statistics)")
     saved = {k: s.copy() for k, s in net.state.items()}
     try: yield
     except BaseException:
-        for k, s in net.state.items(): s[...] = saved[k]  # in place: a layer may also have replaced the array
+        # in place: a layer may also have replaced the array
+        for k, s in net.state.items(): s[...] = saved[k]
         raise
 
 # %% ../nbs/05_model.ipynb #6cb6ac42
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP') if hasattr(signal, n))  # kill, timeout, logout
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGTERM', 'SIGHUP')
+                     if hasattr(signal, n))  # kill, timeout, logout
 
 class Interrupted(KeyboardInterrupt):
-    "SIGTERM or SIGHUP received during `Model.fit`, raised where a Ctrl-C would raise `KeyboardInterrupt`"
+    ("SIGTERM or SIGHUP received during `Model.fit`, "
+     "raised where a Ctrl-C would raise `KeyboardInterrupt`")
     def __init__(self, signum): # the signal's number
         super().__init__(signal.Signals(signum).name); self.signum = signum
     @property
-    def exit_code(self): return 128 + self.signum  # what a shell reports for a process the signal killed
+    def exit_code(self):  # what a shell reports for a process the signal killed
+        return 128 + self.signum
 
 def _raise_interrupted(signum, frame): raise Interrupted(signum)
 
 @contextmanager
 def stop_signals_interrupt():
-    "During the block, SIGTERM and SIGHUP raise `Interrupted` instead of ending the process unannounced"
-    if threading.current_thread() is not threading.main_thread(): yield; return  # only the main thread gets signals
-    # a signal someone else handles, or one that is ignored (nohup ignores SIGHUP), is left alone
-    previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
+    ("During the block, SIGTERM and SIGHUP raise `Interrupted` instead of ending the "
+     "process unannounced")
+    # only the main thread gets signals
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    # a signal handled elsewhere, or an ignored one (nohup ignores SIGHUP), is left alone
+    previous = {s: signal.signal(s, _raise_interrupted) for s in STOP_SIGNALS
+                if signal.getsignal(s) == signal.SIG_DFL}
     try: yield
     finally:
         for s, handler in previous.items(): signal.signal(s, handler)
 
+# %% ../nbs/05_model.ipynb #3d87a38b
 @contextmanager
 def _interrupts_deferred():
-    "Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then deliver them: it runs all or nothing"
+    ("Hold back Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, "
+     "then deliver them: it runs all or nothing")
     if threading.current_thread() is not threading.main_thread(): yield; return
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT,) + STOP_SIGNALS}
-    handlers = {s: h for s, h in handlers.items() if callable(h)}  # an ignored or default signal is left alone
+    # an ignored or default signal is left alone
+    handlers = {s: h for s, h in handlers.items() if callable(h)}
     received = []
     for s in handlers: signal.signal(s, lambda *args: received.append(args))
     try: yield
     finally:
         for s, handler in handlers.items(): signal.signal(s, handler)
-        if received: handlers[received[0][0]](*received[0])  # now the usual handler runs, after a complete update
+        # now the usual handler runs, after a complete update
+        if received: handlers[received[0][0]](*received[0])
 
 # %% ../nbs/05_model.ipynb #939546d6
 @patch(as_prop=True)
@@ -290,34 +356,44 @@ def dtype(self:Model):
 
 @patch(as_prop=True)
 def device(self:Model):
-    "The device of the net's parameters: `train_step`, `fit`, `predict` and `evaluate` move each batch there"
+    ("The device of the net's parameters: `train_step`, `fit`, "
+     "`predict` and `evaluate` move each batch there")
     for layer in self.net.layers:
         for p in layer.params.values(): return device_of(p)
     return 'cpu'
 
 @patch
 def to(self:Model, device): # 'cpu' or 'gpu' (chapter 0)
-    "Move the net's parameters, gradients and state, and the optimizer's state, to `device`; returns self"
+    ("Move the net's parameters, gradients and state, and the optimizer's state, "
+     "to `device`; returns self")
     self.net.to(device); self.optimizer.to(device)
     return self
 
 @patch
 def _input(self:Model, x):
-    "A batch on the net's device and in its dtype, copied or cast only when it is not already"
+    ("A batch on the net's device and in its dtype, "
+     "copied or cast only when it is not already")
     x, dtype = to_device(x, self.device), self.dtype
     return x if x.dtype == dtype else x.astype(dtype)
 
+# %% ../nbs/05_model.ipynb #a2b4de8d
 @patch
 def _check_xy(self:Model, x, y, who):
     x, y = array_module(x).asarray(x), array_module(y).asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-        raise ValueError(f"Model.{who} expected x and y with the same number of examples, got x of shape {x.shape} and y of shape {y.shape}")
+        raise ValueError(f"Model.{who} expected x and y with the same number of "
+                         f"examples, got x of shape {x.shape} and y of shape {y.shape}")
     return x, y
 
-def _check_count(value, name, who, minimum=1): # name: the argument's name; who: the method, for the message
-    "`value` as an int if it is an integer (not a bool) >= `minimum`, else a ValueError naming `who` and `name`"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        kind = 'positive' if minimum == 1 else 'non-negative' if minimum == 0 else f'>= {minimum}'
+def _check_count(value, name, # the argument's name
+                 who, # the method, for the message
+                 minimum=1):
+    ("`value` as an int if it is an integer (not a bool) >= `minimum`, "
+     "else a ValueError naming `who` and `name`")
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        kind = ('positive' if minimum == 1 else 'non-negative' if minimum == 0
+                else f'>= {minimum}')
         raise ValueError(f"{who} expected a {kind} integer {name}, got {value!r}")
     return int(value)
 
@@ -331,205 +407,261 @@ def _mode(self:Model, training): # True: training mode; False: evaluation mode
     finally: self.net.train(previous)
 
 @patch
-def predict(self:Model, x, batch_size=1024): # batch_size bounds the memory the forward caches take
-    "The net's outputs (logits) for `x`, computed `batch_size` examples at a time in evaluation mode"
-    x, batch_size = array_module(x).asarray(x), _check_count(batch_size, 'batch_size', 'Model.predict')
+def predict(self:Model, x,
+            batch_size=1024): # batch_size bounds the memory the forward caches take
+    ("The net's outputs (logits) for `x`, computed `batch_size` examples at a time in "
+     "evaluation mode")
+    x, batch_size = (array_module(x).asarray(x),
+                     _check_count(batch_size, 'batch_size', 'Model.predict'))
     with self._mode(False):
         if len(x) == 0: return to_numpy(self.net.forward(self._input(x)))
         out = None
         for i in range(0, len(x), batch_size):
             logits = self.net.forward(self._input(x[i:i + batch_size]))
             if out is None: out = np.empty((len(x),) + logits.shape[1:], logits.dtype)
-            out[i:i + len(logits)] = to_numpy(logits)   # results come back to main memory, from any device
+            # results come back to main memory, from any device
+            out[i:i + len(logits)] = to_numpy(logits)
     return out
 
+# %% ../nbs/05_model.ipynb #d3cdd756
 @patch
 def evaluate(self:Model, x, y, batch_size=1024):
     "Mean loss and accuracy (None for a regression loss) over (x, y), in evaluation mode"
     x, y = self._check_xy(x, y, 'evaluate')
     batch_size = _check_count(batch_size, 'batch_size', 'Model.evaluate')
-    if len(x) == 0: raise ValueError(f"Model.evaluate needs at least one example, got x of shape {x.shape}")
+    if len(x) == 0: raise ValueError(f"Model.evaluate needs at least one example, "
+                                     f"got x of shape {x.shape}")
     total_loss = total_correct = 0.0
     with self._mode(False):
         for i in range(0, len(x), batch_size):
-            xb, yb = self._input(x[i:i + batch_size]), to_device(y[i:i + batch_size], self.device)
+            xb, yb = (self._input(x[i:i + batch_size]),
+                      to_device(y[i:i + batch_size], self.device))
             logits = self.net.forward(xb)
-            total_loss += self.loss.loss(logits, yb) * len(xb)  # batch means weighted by size: the full set's mean
+            # batch means weighted by size: the full set's mean
+            total_loss += self.loss.loss(logits, yb) * len(xb)
             if self.metric: total_correct += self.metric(logits, yb) * len(xb)
-    return dict(loss=total_loss / len(x), accuracy=total_correct / len(x) if self.metric else None)
+    return dict(loss=total_loss / len(x),
+                accuracy=total_correct / len(x) if self.metric else None)
 
 # %% ../nbs/05_model.ipynb #4c5ee488
 class History(dict):
-    "What `fit` records, one entry per epoch under each key (None where it does not apply)"
+    ("What `fit` records, one entry per epoch under each key "
+     "(None where it does not apply)")
     KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy', 'lr', 'seconds')
     def __init__(self):
         super().__init__({k: [] for k in self.KEYS})
-        self.stopped_epoch = None  # the epoch after which a callback stopped training, if one did
+        # the epoch after which a callback stopped training, if one did
+        self.stopped_epoch = None
     def append(self, **values): # one value per key; missing keys get None
         "Record one epoch"
         for k in self.KEYS: self[k].append(values.get(k))
     @property
     def epochs(self): return len(self['loss'])
     def __repr__(self):
-        last = ', '.join(f'{k}={self[k][-1]:.4g}' for k in self.KEYS if self.epochs and self[k][-1] is not None)
+        last = ', '.join(f'{k}={self[k][-1]:.4g}' for k in self.KEYS
+                         if self.epochs and self[k][-1] is not None)
         return f'History(epochs={self.epochs}' + (f', last: {last})' if last else ')')
 
     def plot(self, title='Training curves'): # the figure's title
-        "Loss (and accuracy, if measured) per epoch, training and validation; returns the figure"
+        ("Loss (and accuracy, if measured) per epoch, training and validation; "
+         "returns the figure")
         import matplotlib.pyplot as plt
         has = lambda k: any(v is not None for v in self[k])
         panels = ['loss'] + (['accuracy'] if has('accuracy') else [])
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5),
+                                 squeeze=False)
         epochs = np.arange(1, self.epochs + 1)
         for ax, key in zip(axes[0], panels):
             ax.plot(epochs, self[key], label=f'training ({key})')
-            if has('val_' + key): ax.plot(epochs, self['val_' + key], label=f'validation (val_{key})')
-            ax.set(xlabel='epoch', ylabel=key, title=f'{title}: {key}'); ax.legend(fontsize=8)
+            if has('val_' + key):
+                ax.plot(epochs, self['val_' + key], label=f'validation (val_{key})')
+            ax.set(xlabel='epoch', ylabel=key, title=f'{title}: {key}')
+            ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
 
 # %% ../nbs/05_model.ipynb #8c7756b4
 @patch
-def _train_epoch(self:Model, x, y, batch_size, # the training data, cut into batches of batch_size
+def _train_epoch(self:Model, x, y, batch_size, # training data, in batches of batch_size
                  order, # a permutation of the examples, or None for file order
-                 lr_schedule, first_step, # callable step -> lr (or None), and this epoch's first step number
-                 bar, where, # a tqdm bar advanced once per step; where: 'epoch e/E', for error messages
+                 lr_schedule, first_step, # step -> lr (or None); this epoch's first step
+                 bar, where, # tqdm bar updated per step; where: 'epoch e/E' for errors
                  drop_last=False): # leave out a last batch smaller than batch_size
-    "One pass over (x, y) in mini-batches; returns the epoch's mean loss and metric over its batches"
+    ("One pass over (x, y) in mini-batches; "
+     "returns the epoch's mean loss and metric over its batches")
     num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     total_loss = total_correct = num_seen = 0.0
     for step in range(num_steps):
         batch = slice(step * batch_size, (step + 1) * batch_size)
         if order is not None: batch = order[batch]
-        xb, yb = x[batch], to_device(y[batch], self.device)   # the metric below compares on the net's device
+        xb, yb = x[batch], to_device(y[batch], self.device)  # the metric compares there
         lr = self.optimizer.lr if lr_schedule is None else lr_schedule(first_step + step)
         if not _is_learning_rate(lr):
-            source = "optimizer.lr is" if lr_schedule is None else f"lr_schedule({first_step + step}) returned"
-            raise ValueError(f"Model.fit stopped at {where}, step {step + 1}/{num_steps}: {source} {lr!r}, "
-                             f"but a learning rate must be a finite number >= 0; {_params_note(self.net)}")
+            source = ("optimizer.lr is" if lr_schedule is None
+                      else f"lr_schedule({first_step + step}) returned")
+            raise ValueError(f"Model.fit stopped at {where}, step {step + 1}/"
+                             f"{num_steps}: {source} {lr!r}, but a learning rate must be "
+                             f"a finite number >= 0; {_params_note(self.net)}")
         self.optimizer.lr = lr
         try: loss, logits = self._step(xb, yb)
         except FloatingPointError as e:
-            raise FloatingPointError(f"Model.fit stopped at {where}, step {step + 1}/{num_steps} (lr={self.optimizer.lr:.3g}): {e}. "
-                                     "Lower the learning rate, or look for NaN/inf in the data.") from None
+            raise FloatingPointError(f"Model.fit stopped at {where}, step {step + 1}/"
+                                     f"{num_steps} (lr={self.optimizer.lr:.3g}): {e}. "
+                                     "Lower the learning rate, or look for NaN/inf in "
+                                     "the data.") from None
         total_loss += loss * len(xb); num_seen += len(xb)
         if self.metric: total_correct += self.metric(logits, yb) * len(xb)
         bar.update()
         if step % 10 == 0: bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
-    if bad := _nonfinite(self.net):  # the last update can break the weights with no later loss to show it: one pass per epoch
-        raise FloatingPointError(f"Model.fit stopped after {where}: an update made {', '.join(bad[:5])} NaN or inf, "
-                                 f"although every loss was finite (lr={self.optimizer.lr:.3g}). Lower the learning rate.")
-    return dict(loss=total_loss / num_seen, accuracy=total_correct / num_seen if self.metric else None)
+    if bad := _nonfinite(self.net):  # last update's NaN/inf no loss saw; once per epoch
+        raise FloatingPointError(f"Model.fit stopped after {where}: an update made "
+                                 f"{', '.join(bad[:5])} NaN or inf, although every loss "
+                                 f"was finite (lr={self.optimizer.lr:.3g}). Lower the "
+                                 "learning rate.")
+    return dict(loss=total_loss / num_seen,
+                accuracy=total_correct / num_seen if self.metric else None)
 
+# %% ../nbs/05_model.ipynb #25269511
 def _is_learning_rate(lr): # what a step or a schedule gave as the learning rate
     "True for a finite real number >= 0 (not a bool)"
-    real = isinstance(lr, (int, float, np.integer, np.floating)) and not isinstance(lr, (bool, np.bool_))
+    real = (isinstance(lr, (int, float, np.integer, np.floating))
+            and not isinstance(lr, (bool, np.bool_)))
     return real and math.isfinite(lr) and lr >= 0
 
 # %% ../nbs/05_model.ipynb #bf0746ba
 class Callback:
     "Hooks that `Model.fit` calls; subclass and override the ones you need"
     def on_train_begin(self, model): pass
-    def on_epoch_end(self, model, history) -> bool: return False  # True stops training after this epoch
+    def on_epoch_end(self, model, history) -> bool:  # True: stop after this epoch
+        return False
     def on_train_end(self, model, history): pass
 
 @patch
-def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last=False):
-    "`fit`'s arguments checked, each error naming the argument: (x, y, validation_data, a list of Callbacks)"
+def _fit_args(self:Model, x, y, epochs, batch_size, seed, validation_data, callbacks,
+              drop_last=False):
+    ("`fit`'s arguments checked, each error naming the argument: "
+     "(x, y, validation_data, a list of Callbacks)")
     x, y = self._check_xy(x, y, 'fit')
     _check_count(epochs, 'epochs', 'Model.fit', minimum=0)
     if seed is not None: _check_count(seed, 'seed', 'Model.fit', minimum=0)
     if validation_data is not None:
-        if len(validation_data) != 2: raise ValueError("Model.fit expected validation_data=(x_val, y_val)")
+        if len(validation_data) != 2:
+            raise ValueError("Model.fit expected validation_data=(x_val, y_val)")
         validation_data = self._check_xy(*validation_data, 'fit (validation_data)')
     _check_count(batch_size, 'batch_size', 'Model.fit')
-    if len(x) == 0: raise ValueError(f"Model.fit needs at least one example, got x of shape {x.shape}")
+    if len(x) == 0: raise ValueError(f"Model.fit needs at least one example, got x "
+                                     f"of shape {x.shape}")
     if drop_last and len(x) < batch_size:
-        raise ValueError(f"Model.fit with drop_last=True needs at least batch_size={batch_size} examples, got {len(x)}")
+        raise ValueError(f"Model.fit with drop_last=True needs at least "
+                         f"batch_size={batch_size} examples, got {len(x)}")
     if callbacks is None: callbacks = []
-    callbacks = [callbacks] if isinstance(callbacks, (Callback, type)) else list(callbacks)
+    callbacks = ([callbacks] if isinstance(callbacks, (Callback, type))
+                 else list(callbacks))
     for cb in callbacks:
         if isinstance(cb, type) and issubclass(cb, Callback):
-            raise TypeError(f"Model.fit expected Callback objects in callbacks, got the class {cb.__name__}: "
-                            f"pass an instance, {cb.__name__}(...)")
-        if not isinstance(cb, Callback): raise TypeError(f"Model.fit expected Callback objects in callbacks, got {type(cb).__name__}")
+            raise TypeError(f"Model.fit expected Callback objects in callbacks, got the "
+                            f"class {cb.__name__}: pass an instance, {cb.__name__}(...)")
+        if not isinstance(cb, Callback):
+            raise TypeError(f"Model.fit expected Callback objects in callbacks, got "
+                            f"{type(cb).__name__}")
     return x, y, validation_data, callbacks
 
 # %% ../nbs/05_model.ipynb #a44f2380
 @patch
 def fit(self:Model, x, y, epochs, batch_size=128, # epochs: passes over (x, y)
         validation_data=None, # (x_val, y_val), evaluated after every epoch
-        shuffle=True, seed=0, # a fresh permutation per epoch from np.random.default_rng(seed)
+        shuffle=True, seed=0, # new permutation per epoch from np.random.default_rng(seed)
         lr_schedule=None, # callable step -> lr, step counting this call's steps from 0
         progress=True, verbose=True, # a tqdm bar per epoch; one printed line per epoch
-        callbacks=(), # Callback objects, called at the start, after every epoch and at the end
-        drop_last=False): # leave out each epoch's last batch if it is smaller (BatchNorm needs more than one example)
+        callbacks=(), # Callback objects: called at start, after each epoch, at the end
+        drop_last=False): # skip a short last batch (BatchNorm needs more than 1 example)
     "Train for `epochs` passes over (x, y) in mini-batches; returns a `History`"
-    x, y, validation_data, callbacks = self._fit_args(x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last)
-    with stop_signals_interrupt():  # SIGTERM and SIGHUP end the run as Ctrl-C does: between two updates
-        return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed, lr_schedule, progress, verbose,
-                         callbacks, drop_last)
+    x, y, validation_data, callbacks = self._fit_args(
+        x, y, epochs, batch_size, seed, validation_data, callbacks, drop_last)
+    # SIGTERM and SIGHUP end the run as Ctrl-C does: between two updates
+    with stop_signals_interrupt():
+        return self._fit(x, y, epochs, batch_size, validation_data, shuffle, seed,
+                         lr_schedule, progress, verbose, callbacks, drop_last)
 
 # %% ../nbs/05_model.ipynb #75133bb8
 @patch
-def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed, lr_schedule, progress, verbose,
-         callbacks, drop_last):
+def _fit(self:Model, x, y, epochs, batch_size, validation_data, shuffle, seed,
+         lr_schedule, progress, verbose, callbacks, drop_last):
     "The loop of `fit`, its arguments already checked"
     num_steps = len(x) // batch_size if drop_last else math.ceil(len(x) / batch_size)
     rng, history = np.random.default_rng(seed), History()
-    self.history = history  # the epochs completed so far stay reachable, even after Ctrl-C
+    # the epochs completed so far stay reachable, even after Ctrl-C
+    self.history = history
     self.net.train()
     for cb in callbacks: cb.on_train_begin(self)
     for epoch in range(1, epochs + 1):
-        order = to_device(rng.permutation(len(x)), device_of(x)) if shuffle else None  # drawn on the CPU: the same on any device
+        # drawn on the CPU: the same on any device
+        order = to_device(rng.permutation(len(x)), device_of(x)) if shuffle else None
         where = f'epoch {epoch}/{epochs}'
-        with tqdm(total=num_steps, desc=where, unit='step', leave=not verbose, disable=not progress) as bar:
+        with tqdm(total=num_steps, desc=where, unit='step', leave=not verbose,
+                  disable=not progress) as bar:
             start = time.perf_counter()
-            record = self._train_epoch(x, y, batch_size, order, lr_schedule, (epoch - 1) * num_steps, bar, where,
-                                       drop_last)
+            record = self._train_epoch(x, y, batch_size, order, lr_schedule,
+                                       (epoch - 1) * num_steps, bar, where, drop_last)
             record.update(lr=self.optimizer.lr, seconds=time.perf_counter() - start)
             if validation_data is not None:
                 val = self.evaluate(*validation_data)
                 record.update(val_loss=val['loss'], val_accuracy=val['accuracy'])
             history.append(**record)
-            text = '  '.join(f'{k} {v:.4f}' for k, v in record.items() if v is not None and k not in ('lr', 'seconds'))
+            text = '  '.join(f'{k} {v:.4f}' for k, v in record.items()
+                             if v is not None and k not in ('lr', 'seconds'))
             if progress: bar.set_postfix_str(text, refresh=True)
-        if verbose: print(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  {text}  {record['seconds']:.2f}s")
-        stoppers = [cb for cb in callbacks if cb.on_epoch_end(self, history)]  # every callback sees every epoch
+        if verbose: print(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  {text}  "
+                          f"{record['seconds']:.2f}s")
+        # every callback sees every epoch
+        stoppers = [cb for cb in callbacks if cb.on_epoch_end(self, history)]
         if stoppers:
             history.stopped_epoch = epoch
-            if verbose: print(f"stopped early after epoch {epoch} by {', '.join(type(cb).__name__ for cb in stoppers)}")
+            if verbose: print(f"stopped early after epoch {epoch} by "
+                              f"{', '.join(type(cb).__name__ for cb in stoppers)}")
             break
     for cb in callbacks: cb.on_train_end(self, history)
     return history
 
 # %% ../nbs/05_model.ipynb #39947e56
 class Summary:
-    "`Model.summary`'s result: `rows` of (layer, output shape, parameter count), the totals, and the table as its str"
-    def __init__(self, rows, nbytes): # rows: (name, shape, count) tuples; nbytes: the parameters' memory
+    ("`Model.summary`'s result: `rows` of (layer, output shape, parameter count), "
+     "the totals, and the table as its str")
+    def __init__(self, rows, # (name, shape, count) tuples
+                 nbytes): # the parameters' memory
         self.rows, self.nbytes = rows, nbytes
-        self.total_params = self.trainable_params = sum(r[2] for r in rows)  # no frozen parameters in this library
+        # no frozen parameters in this library
+        self.total_params = self.trainable_params = sum(r[2] for r in rows)
         self.size_mb = nbytes / 1e6
     def __str__(self):
-        cells = [(name, '(' + ', '.join(map(str, shape)) + ')', f'{count:,}') for name, shape, count in self.rows]
-        w = [max(len(h), *(len(c[j]) for c in cells)) for j, h in enumerate(('layer', 'output shape', 'params'))]
+        cells = [(name, '(' + ', '.join(map(str, shape)) + ')', f'{count:,}')
+                 for name, shape, count in self.rows]
+        w = [max(len(h), *(len(c[j]) for c in cells))
+             for j, h in enumerate(('layer', 'output shape', 'params'))]
         line = lambda a, b, c: f'{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}'
         rule = '-' * (sum(w) + 4)
-        return '\n'.join([line('layer', 'output shape', 'params'), rule, *(line(*c) for c in cells), rule,
-                          f'total params: {self.total_params:,} (trainable: {self.trainable_params:,}), {self.size_mb:.3f} MB'])
+        return '\n'.join([line('layer', 'output shape', 'params'), rule,
+                          *(line(*c) for c in cells), rule,
+                          f'total params: {self.total_params:,} (trainable: '
+                          f'{self.trainable_params:,}), {self.size_mb:.3f} MB'])
     __repr__ = __str__
 
 @patch
-def summary(self:Model, input_shape): # one example's shape, without the batch axis: (2,) or (1, 28, 28)
-    "Table of each layer's output shape and parameter count, found by pushing one all-zero example through the net"
-    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+def summary(self:Model,
+            input_shape): # one example's shape (no batch axis): (2,) or (1, 28, 28)
+    ("Table of each layer's output shape and parameter count, "
+     "found by pushing one all-zero example through the net")
+    shape = ((input_shape,) if isinstance(input_shape, (int, np.integer))
+             else tuple(input_shape))
     x = to_device(np.zeros((1,) + shape, self.dtype), self.device)
     rows = [('input', ('N',) + shape, 0)]
     with self._mode(False):
         for i, layer in enumerate(self.net.layers):
             x = layer.forward(x)
-            name = f"{type(layer).__name__}({len(layer)} layer{'s' * (len(layer) != 1)})" if isinstance(layer, Net) else repr(layer)
-            rows.append((f'{i}: {name}', ('N',) + x.shape[1:], sum(p.size for p in layer.params.values())))
+            name = (f"{type(layer).__name__}({len(layer)} layer{'s' * (len(layer) != 1)})"
+                    if isinstance(layer, Net) else repr(layer))
+            rows.append((f'{i}: {name}', ('N',) + x.shape[1:],
+                         sum(p.size for p in layer.params.values())))
     return Summary(rows, sum(p.nbytes for p in self.net.params.values()))
 
 # %% ../nbs/05_model.ipynb #4459970c
@@ -540,71 +672,103 @@ def _subclasses(cls):
     return list(dict.fromkeys(found))
 
 def _find_class(base, name, module):
-    if name.startswith('_'):  # an internal class (a shared base such as _Pool2D) is no layer a user built
-        raise _RebuildError(f"{base.__name__} class {name!r} is internal to its module: a checkpoint may only name public classes")
+    # an internal class (a shared base such as _Pool2D) is no layer a user built
+    if name.startswith('_'):
+        raise _RebuildError(f"{base.__name__} class {name!r} is internal to its module: "
+                            f"a checkpoint may only name public classes")
     candidates = [c for c in _subclasses(base) if c.__name__ == name]
     if not candidates and re.fullmatch(r'tinynn_book(\.\w+)+', module or ''):
-        try: importlib.import_module(module)  # only this package's own modules, never a name from elsewhere
+        # only this package's own modules, never a name from elsewhere
+        try: importlib.import_module(module)
         except ImportError: pass
         candidates = [c for c in _subclasses(base) if c.__name__ == name]
     same_module = [c for c in candidates if c.__module__ == module]
-    if same_module: return same_module[-1]  # the latest definition: a notebook cell run twice defines a class twice
+    # the latest definition: a notebook cell run twice defines a class twice
+    if same_module: return same_module[-1]
     if len(candidates) == 1: return candidates[0]
     if not candidates:
-        raise _RebuildError(f"unknown {base.__name__} class {name!r} (saved from module {module!r}): import the module that defines it first")
-    raise _RebuildError(f"ambiguous {base.__name__} class {name!r}: defined in {sorted(c.__module__ for c in candidates)}")
+        raise _RebuildError(f"unknown {base.__name__} class {name!r} (saved from module "
+                            f"{module!r}): import the module that defines it first")
+    raise _RebuildError(f"ambiguous {base.__name__} class {name!r}: defined in "
+                        f"{sorted(c.__module__ for c in candidates)}")
 
 # %% ../nbs/05_model.ipynb #27d44430
-class _RebuildError(ValueError): pass  # raised by rebuild itself, so an enclosing rebuild passes it on unchanged
-_param_budget = contextvars.ContextVar('_param_budget', default=None)  # [bytes] while Model.load builds layers
+# raised by rebuild itself, so an enclosing rebuild passes it on unchanged
+class _RebuildError(ValueError): pass
+# [bytes] while Model.load builds layers
+_param_budget = contextvars.ContextVar('_param_budget', default=None)
 
 def describe(obj): # a Layer, Loss or Optimizer
-    "JSON-able description of `obj`: class name, module, `config()`, and its parameters' dtype if they share one"
-    spec = {'class': type(obj).__name__, 'module': type(obj).__module__, 'config': obj.config()}
+    ("JSON-able description of `obj`: class name, module, `config()`, "
+     "and its parameters' dtype if they share one")
+    spec = {'class': type(obj).__name__, 'module': type(obj).__module__,
+            'config': obj.config()}
     dtypes = {str(p.dtype) for p in (getattr(obj, 'params', None) or {}).values()}
-    if len(dtypes) == 1: spec['dtype'] = dtypes.pop()  # a net mixing dtypes leaves them to its layers' descriptions
+    # a net mixing dtypes leaves them to its layers' descriptions
+    if len(dtypes) == 1: spec['dtype'] = dtypes.pop()
     return spec
 
+# %% ../nbs/05_model.ipynb #9f5cf2d7
 def rebuild(base, spec): # base: Layer, Loss or Optimizer; spec: what `describe` returned
-    "The object `spec` describes, its class found among `base`'s subclasses (nothing in `spec` is evaluated)"
-    if not (isinstance(spec, dict) and isinstance(spec.get('class'), str) and isinstance(spec.get('config'), dict)):
-        raise _RebuildError(f"expected a {base.__name__} description {{'class': str, 'config': dict}}, got {str(spec)[:200]}")
+    ("The object `spec` describes, its class found among `base`'s subclasses "
+     "(nothing in `spec` is evaluated)")
+    if not (isinstance(spec, dict) and isinstance(spec.get('class'), str)
+            and isinstance(spec.get('config'), dict)):
+        raise _RebuildError(f"expected a {base.__name__} description {{'class': str, "
+                            f"'config': dict}}, got {str(spec)[:200]}")
     cls = _find_class(base, spec['class'], spec.get('module'))
-    _check_planned(cls, spec, _param_budget.get())  # before anything is allocated, if the class can tell its shapes
+    # before anything is allocated, if the class can tell its shapes
+    _check_planned(cls, spec, _param_budget.get())
     from_config = getattr(cls, 'from_config', None)
-    rng = get_rng(); state = rng.bit_generator.state  # building draws throwaway initial weights; keep the global stream as it was
+    # building draws throwaway initial weights; keep the global stream as it was
+    rng = get_rng(); state = rng.bit_generator.state
     try: obj = from_config(spec['config']) if from_config else cls(**spec['config'])
     except _RebuildError: raise
-    except Exception as e:  # TypeError, ZeroDivisionError, MemoryError...: a config the class cannot take
-        raise _RebuildError(f"cannot rebuild {spec['class']} from config {str(spec['config'])[:200]}: {type(e).__name__}: {e}") from e
+    # TypeError, ZeroDivisionError, MemoryError...: a config the class cannot take
+    except Exception as e:
+        raise _RebuildError(f"cannot rebuild {spec['class']} from config "
+                            f"{str(spec['config'])[:200]}: "
+                            f"{type(e).__name__}: {e}") from e
     finally: rng.bit_generator.state = state
     if 'dtype' in spec:
         try: dtype = np.dtype(spec['dtype'])
         except TypeError: dtype = None
         if dtype is None or not np.issubdtype(dtype, np.floating):
-            raise _RebuildError(f"{spec['class']}: parameter dtype must be a float type, got {spec['dtype']!r}")
+            raise _RebuildError(f"{spec['class']}: parameter dtype must be a float type, "
+                                f"got {spec['dtype']!r}")
         if any(p.dtype != dtype for p in obj.params.values()): obj.astype(dtype)
     _spend(_param_budget.get(), obj, from_config)
     return obj
 
 # %% ../nbs/05_model.ipynb #847628fc
 def _spend(budget, obj, from_config):
-    "While loading, count a leaf layer's parameters against the bytes the file holds: stop before building more"
-    if budget is None or from_config is not None: return  # containers are counted through their layers
+    ("While loading, count a leaf layer's parameters against the bytes the file holds: "
+     "stop before building more")
+    # containers are counted through their layers
+    if budget is None or from_config is not None: return
     budget[0] -= sum(p.nbytes for p in (getattr(obj, 'params', None) or {}).values())
-    if budget[0] < 0: raise _RebuildError(f"{obj!r} and the layers before it need far more parameter memory than the file holds")
+    if budget[0] < 0:
+        raise _RebuildError(f"{obj!r} and the layers before it need far more parameter "
+                            f"memory than the file holds")
 
 def _check_planned(cls, spec, budget):
-    "While loading, a class that defines `param_shapes(config)` itself is checked against the budget before it is built"
-    if budget is None or 'param_shapes' not in vars(cls): return  # not inherited: a subclass may take another config
+    ("While loading, a class that defines `param_shapes(config)` itself is checked "
+     "against the budget before it is built")
+    # not inherited: a subclass may take another config
+    if budget is None or 'param_shapes' not in vars(cls): return
     param_shapes = cls.param_shapes
     try: shapes = param_shapes(spec['config'])
-    except Exception as e: raise _RebuildError(f"cannot rebuild {spec['class']} from config {str(spec['config'])[:200]}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise _RebuildError(f"cannot rebuild {spec['class']} from config "
+                            f"{str(spec['config'])[:200]}: "
+                            f"{type(e).__name__}: {e}") from e
     try: itemsize = np.dtype(spec.get('dtype', DEFAULT_DTYPE)).itemsize
-    except (TypeError, ValueError): itemsize = np.dtype(DEFAULT_DTYPE).itemsize  # a bad dtype is refused later, by rebuild
+    # a bad dtype is refused later, by rebuild
+    except (TypeError, ValueError): itemsize = np.dtype(DEFAULT_DTYPE).itemsize
     nbytes = sum(math.prod(shape) for shape in shapes.values()) * itemsize
     if nbytes > budget[0]:
-        raise _RebuildError(f"{spec['class']} with config {str(spec['config'])[:200]} needs {nbytes / 1e6:,.0f} MB of parameters, "
+        raise _RebuildError(f"{spec['class']} with config {str(spec['config'])[:200]} "
+                            f"needs {nbytes / 1e6:,.0f} MB of parameters, "
                             "far more than the file holds (refused before building it)")
 
 @patch
@@ -618,8 +782,10 @@ def from_config(cls:Net, config):
 
 # %% ../nbs/05_model.ipynb #8497debe
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION, META_KEY = 'tinynn-book checkpoint', 2, '__model__'
-READABLE_VERSIONS = (1, 2)  # version 1: parameters only; version 2 adds the layers' state arrays
-STATE_PREFIX = 'state.'     # state arrays are stored as 'state.i.name', beside the parameters' 'i.name'
+# version 1: parameters only; version 2 adds the layers' state arrays
+READABLE_VERSIONS = (1, 2)
+# state arrays are stored as 'state.i.name', beside the parameters' 'i.name'
+STATE_PREFIX = 'state.'
 
 def _checkpoint_arrays(net):
     "The arrays a checkpoint of `net` holds, by their names in the file"
@@ -627,38 +793,55 @@ def _checkpoint_arrays(net):
 
 @patch
 def save(self:Model, path): # where to write; used as given, so end it in .npz
-    "Write the weights, the state and the architecture to one .npz file, atomically; returns the path"
-    meta = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, net=describe(self.net),
-                loss=describe(self.loss), optimizer=describe(self.optimizer))
-    arrays = {k: to_numpy(v) for k, v in _checkpoint_arrays(self.net).items()}  # from any device: the file is the same
+    ("Write the weights, the state and the architecture to one .npz file, atomically; "
+     "returns the path")
+    meta = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+                net=describe(self.net), loss=describe(self.loss),
+                optimizer=describe(self.optimizer))
+    # from any device: the file is the same
+    arrays = {k: to_numpy(v) for k, v in _checkpoint_arrays(self.net).items()}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode('utf-8'), np.uint8)
     return _write_atomic(Path(path), arrays)
 
+# %% ../nbs/05_model.ipynb #a1955175
 @patch(cls_method=True)
 def load(cls:Model, path, # a file written by `Model.save`
-         device='cpu'): # where the loaded model lives: 'cpu' or 'gpu' (chapter 0), whichever device saved it
-    "Rebuild a saved Model: architecture, loss and optimizer from its JSON, arrays checked by name, shape and dtype"
-    with _CheckpointFile(path) as file:  # the archive's directory and each array's header: no array data yet
+         device='cpu'): # where it lives: 'cpu' or 'gpu' (chapter 0), whatever saved it
+    ("Rebuild a saved Model: architecture, loss and optimizer from its JSON, "
+     "arrays checked by name, shape and dtype")
+    # the archive's directory and each array's header: no array data yet
+    with _CheckpointFile(path) as file:
         meta = _read_meta(file, path)
-        _check_names(meta, file.headers, path)  # an array no described layer could own is refused before anything is built
-        budget = _param_budget.set([2 * file.param_nbytes + (1 << 24)])  # building stops once the layers far outgrow the file
-        try: net, loss, optimizer = rebuild(Layer, meta['net']), rebuild(Loss, meta['loss']), rebuild(Optimizer, meta['optimizer'])
-        except (KeyError, TypeError, ValueError, RecursionError) as e: raise ValueError(f"{path}: cannot rebuild the model it describes: {e}") from e
+        # an array no described layer could own is refused before anything is built
+        _check_names(meta, file.headers, path)
+        # building stops once the layers far outgrow the file
+        budget = _param_budget.set([2 * file.param_nbytes + (1 << 24)])
+        try:
+            net, loss, optimizer = (rebuild(Layer, meta['net']),
+                                    rebuild(Loss, meta['loss']),
+                                    rebuild(Optimizer, meta['optimizer']))
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"{path}: cannot rebuild the model it describes: {e}") from e
         finally: _param_budget.reset(budget)
         model = cls(net, loss, optimizer)
-        expected = _checkpoint_arrays(model.net)  # a version 1 file has no state arrays; a net that has state then fails the check
-        _check_arrays(expected, {k: v for k, v in file.headers.items() if k != META_KEY}, path)
-        for k, p in expected.items(): p[...] = _checked_values(file.read(k), k, path)  # data read only now, shapes checked
+        # a version 1 file has no state arrays; a net that has state then fails the check
+        expected = _checkpoint_arrays(model.net)
+        _check_arrays(expected,
+                      {k: v for k, v in file.headers.items() if k != META_KEY}, path)
+        # data read only now, shapes checked
+        for k, p in expected.items(): p[...] = _checked_values(file.read(k), k, path)
     return model.to(device)
 
 # %% ../nbs/05_model.ipynb #aa237e17
 def _write_atomic(path, arrays):
-    "np.savez `arrays` to `path` via a new temporary file in the same directory and a rename"
+    ("np.savez `arrays` to `path` "
+     "via a new temporary file in the same directory and a rename")
     tmp, f = _new_file_beside(path)
     try:
         with f:
             np.savez(f, **arrays)
-            f.flush(); os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            # the bytes are on disk before the name points at them
+            f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try: tmp.unlink(missing_ok=True)
@@ -667,10 +850,13 @@ def _write_atomic(path, arrays):
     return path
 
 def _new_file_beside(path):
-    "(name, binary file) of a new, uniquely named file in `path`'s directory, its name short enough for any file system"
+    ("(name, binary file) of a new, uniquely named file in `path`'s directory, "
+     "its name short enough for any file system")
     for _ in range(100):
-        tmp = path.with_name(f'.{path.name[:40]}.{secrets.token_hex(8)}.tmp')  # same directory: os.replace is a rename
-        try: return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), 'wb')
+        # same directory: os.replace is a rename
+        tmp = path.with_name(f'.{path.name[:40]}.{secrets.token_hex(8)}.tmp')
+        try: return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                           0o666), 'wb')
         except FileExistsError: continue
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
@@ -678,109 +864,145 @@ def _new_file_beside(path):
 MAX_META_BYTES = 1 << 24  # the JSON description of any sensible net is far smaller
 
 def _not_readable(path, e):
-    return ValueError(f"{path} is not a readable tinynn-book checkpoint (truncated or corrupt?): {type(e).__name__}: {e}")
+    return ValueError(f"{path} is not a readable tinynn-book checkpoint (truncated or "
+                      f"corrupt?): {type(e).__name__}: {e}")
 
 def _npy_header(f):
     "(shape, dtype, data offset) of the .npy file object `f`, read without its data"
     version = np.lib.format.read_magic(f)
-    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read is None: raise ValueError(f'unsupported .npy format version {version}')
     shape, fortran_order, dtype = read(f)
     return shape, dtype, f.tell()
 
 # %% ../nbs/05_model.ipynb #3eceaaa2
 class _CheckpointFile:
-    "An .npz checkpoint open for reading: every member's .npy header up front, an array's data only when read"
+    ("An .npz checkpoint open for reading: every member's .npy header up front, "
+     "an array's data only when read")
     def __init__(self, path):
         self.path, self.headers, self._members = path, {}, {}
-        with open(path, 'rb') as f: magic = f.read(6)  # FileNotFoundError, IsADirectoryError, PermissionError stay as they are
+        with open(path, 'rb') as f: magic = f.read(6)  # OSErrors stay as they are
         try:
-            if magic == b'\x93NUMPY': raise ValueError('it holds a single .npy array, not an .npz archive')
+            if magic == b'\x93NUMPY':
+                raise ValueError('it holds a single .npy array, not an .npz archive')
             self._zip = zipfile.ZipFile(path)
             for info in self._zip.infolist(): self._add(info)
         except Exception as e:
             if hasattr(self, '_zip'): self._zip.close()
             raise _not_readable(path, e) from e
         is_param = lambda k: k != META_KEY and not k.startswith(STATE_PREFIX)
-        self.param_nbytes = sum(math.prod(s) * d.itemsize for k, (s, d) in self.headers.items() if is_param(k))
-
+        self.param_nbytes = sum(math.prod(s) * d.itemsize
+                                for k, (s, d) in self.headers.items() if is_param(k))
     def _add(self, info):
-        if not info.filename.endswith('.npy'): raise ValueError(f"member {info.filename!r} is not an .npy array")
+        if not info.filename.endswith('.npy'):
+            raise ValueError(f"member {info.filename!r} is not an .npy array")
         key = info.filename[:-4]
         if key in self._members: raise ValueError(f"member {info.filename!r} appears twice")
         with self._zip.open(info) as f: shape, dtype, offset = _npy_header(f)
         if dtype.hasobject: raise ValueError(f"member {key!r} holds Python objects, which only pickle could read (allow_pickle=False)")
         if offset + math.prod(shape) * dtype.itemsize != info.file_size:
-            raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, which does not fit its {info.file_size} bytes")
+            raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, "
+                             f"which does not fit its {info.file_size} bytes")
         self.headers[key], self._members[key] = (shape, dtype), info
-
     def read(self, key):
         "The array stored under `key` (its header already checked)"
         try:
             with self._zip.open(self._members[key]) as f:
                 array = np.lib.format.read_array(f, allow_pickle=False)
-                if f.read(1): raise ValueError(f"member {key!r} holds more than its header promises")  # reading to the end completes the CRC check
+                if f.read(1): raise ValueError(  # reading it all completes the CRC check
+                    f"member {key!r} holds more than its header promises")
             return array
         except Exception as e: raise _not_readable(self.path, e) from e
-
     def __enter__(self): return self
     def __exit__(self, *exc): self._zip.close()
 
 # %% ../nbs/05_model.ipynb #657e177f
 def _read_meta(file, path):
-    "The checkpoint's JSON description, checked for the format name, a readable version and the net's nesting"
-    if META_KEY not in file.headers: raise ValueError(f"{path} is not a tinynn-book checkpoint: it has no '{META_KEY}' entry")
+    ("The checkpoint's JSON description, checked for the format name, "
+     "a readable version and the net's nesting")
+    if META_KEY not in file.headers:
+        raise ValueError(f"{path} is not a tinynn-book checkpoint: it has no "
+                         f"'{META_KEY}' entry")
     shape, dtype = file.headers[META_KEY]
     if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
-        raise ValueError(f"{path}: its '{META_KEY}' entry must be UTF-8 JSON as at most {MAX_META_BYTES} uint8 values, got {dtype} {shape}")
+        raise ValueError(f"{path}: its '{META_KEY}' entry must be UTF-8 JSON as at most "
+                         f"{MAX_META_BYTES} uint8 values, got {dtype} {shape}")
     try: meta = json.loads(file.read(META_KEY).tobytes().decode('utf-8'))
-    except RecursionError as e: raise ValueError(f"{path}: its '{META_KEY}' entry nests too deep to read; a Net nests at most MAX_NESTING = {MAX_NESTING} deep") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{path}: its '{META_KEY}' entry is not valid JSON: {type(e).__name__}: {e}") from e
+    except RecursionError as e:
+        raise ValueError(f"{path}: its '{META_KEY}' entry nests too deep to read; a Net "
+                         f"nests at most MAX_NESTING = {MAX_NESTING} deep") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: its '{META_KEY}' entry is not valid JSON: "
+                         f"{type(e).__name__}: {e}") from e
     if not isinstance(meta, dict) or meta.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a tinynn-book checkpoint (format {meta.get('format') if isinstance(meta, dict) else meta!r:.50})")
+        raise ValueError(
+            f"{path} is not a tinynn-book checkpoint (format "
+            f"{meta.get('format') if isinstance(meta, dict) else meta!r:.50})")
     if not (type(meta.get('version')) is int and meta['version'] in READABLE_VERSIONS):
-        raise ValueError(f"{path} is checkpoint version {meta.get('version')}; this library reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-    _check_nesting(meta.get('net'), path)  # json.loads has read it; nothing is built from it yet
+        raise ValueError(
+            f"{path} is checkpoint version {meta.get('version')}; this library reads "
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}")
+    # json.loads has read it; nothing is built from it yet
+    _check_nesting(meta.get('net'), path)
     return meta
 
+# %% ../nbs/05_model.ipynb #c615228c
 def _check_names(meta, headers, path):
-    "Before anything is built: every array in the file is named for one of the layers the description lists"
+    ("Before anything is built: every array in the file is named for one of the layers "
+     "the description lists")
     try: num_layers = len(meta['net']['config']['layers'])
-    except (KeyError, TypeError): return  # not a Net's description: rebuild will say what is wrong with it
+    except (KeyError, TypeError): return  # not a Net's: rebuild will say what is wrong
     pattern = re.compile(rf'(?:{re.escape(STATE_PREFIX)})?(\d+)\..+')
-    stray = [k for k in headers if k != META_KEY and not ((m := pattern.fullmatch(k)) and int(m[1]) < num_layers)]
-    if stray: raise ValueError(f"{path} does not match the architecture it describes: " + '; '.join(f"unexpected '{k}'" for k in stray[:10]))
+    stray = [k for k in headers if k != META_KEY
+             and not ((m := pattern.fullmatch(k)) and int(m[1]) < num_layers)]
+    if stray:
+        raise ValueError(f"{path} does not match the architecture it describes: "
+                         + '; '.join(f"unexpected '{k}'" for k in stray[:10]))
 
 def _checked_values(array, key, path):
-    "`array` if its values are ones a trained model can hold: finite, and a variance never negative"
+    ("`array` if its values are ones a trained model can hold: finite, "
+     "and a variance never negative")
     if array.dtype.kind in 'fc' and not np.all(np.isfinite(array)):
-        raise ValueError(f"{path}: array '{key}' holds NaN or inf values; a trained model never has them (refused)")
+        raise ValueError(f"{path}: array '{key}' holds NaN or inf values; a trained "
+                         f"model never has them (refused)")
     if key.split('.')[-1] in ('running_var', 'var') and array.size and array.min() < 0:
-        raise ValueError(f"{path}: array '{key}' is a variance but holds negative values (min {array.min():.3g}; refused)")
+        raise ValueError(f"{path}: array '{key}' is a variance but holds negative values "
+                         f"(min {array.min():.3g}; refused)")
     return array
 
-def _check_arrays(expected, headers, path): # expected: {name: array}; headers: {name: (shape, dtype)} from the file
-    "Every expected array present with its shape and dtype, and nothing else, or a ValueError listing the differences"
+def _check_arrays(expected, # {name: array}
+                  headers, # {name: (shape, dtype)} from the file
+                  path):
+    ("Every expected array present with its shape and dtype, and nothing else, "
+     "or a ValueError listing the differences")
     problems = [f"missing '{k}'" for k in expected if k not in headers]
     problems += [f"unexpected '{k}'" for k in headers if k not in expected]
-    problems += [f"'{k}' is {headers[k][1]} {headers[k][0]}, the architecture needs {p.dtype} {p.shape}"
-                 for k, p in expected.items() if k in headers and (headers[k][0] != p.shape or headers[k][1] != p.dtype)]
-    if problems: raise ValueError(f"{path} does not match the architecture it describes: " + '; '.join(problems))
+    problems += [f"'{k}' is {headers[k][1]} {headers[k][0]}, the architecture needs "
+                 f"{p.dtype} {p.shape}" for k, p in expected.items() if k in headers
+                 and (headers[k][0] != p.shape or headers[k][1] != p.dtype)]
+    if problems:
+        raise ValueError(f"{path} does not match the architecture it describes: "
+                         + '; '.join(problems))
 
 # %% ../nbs/05_model.ipynb #3636c79e
 def _description_depth(spec):
-    "How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), walked without recursion"
+    ("How deep layer descriptions nest inside `spec` (a Net of plain layers: 1), "
+     "walked without recursion")
     deepest, todo = 0, [(spec, 0)]
     while todo:
         node, depth = todo.pop()
         if isinstance(node, dict):
-            if 'class' in node: deepest, depth = max(deepest, depth), depth + 1  # a layer's description: one level down
+            # a layer's description: one level down
+            if 'class' in node: deepest, depth = max(deepest, depth), depth + 1
             todo += [(v, depth) for v in node.values()]
         elif isinstance(node, list): todo += [(v, depth) for v in node]
     return deepest
 
 def _check_nesting(spec, path):
-    "A ValueError if the net that `spec` describes nests deeper than a Net may (MAX_NESTING)"
+    ("A ValueError if the net that `spec` describes nests deeper than a Net may "
+     "(MAX_NESTING)")
     if (depth := _description_depth(spec)) > MAX_NESTING:
-        raise ValueError(f"{path} describes layers nested {depth} deep, but a Net nests at most MAX_NESTING = {MAX_NESTING} deep "
+        raise ValueError(f"{path} describes layers nested {depth} deep, but a Net nests "
+                         f"at most MAX_NESTING = {MAX_NESTING} deep "
                          "(refused before building anything)")
