@@ -327,7 +327,7 @@ class MPIParallel(DataParallel):
         self.broadcast_parameters()            # every rank starts from rank 0's weights
         reseed(model.net, seed, self.rank)
         self.num_state = sum(v.size for v in model.net.state.values())
-        self.buffer = GradBuffer(model.net, 2 + self.num_state)  # 2: loss, stop flag
+        self.buffer = GradBuffer(model.net, 2 + self.num_state)  # 2: loss, signal count
         self.buckets = _buckets(model.net, bucket_size)
         allreduce = lambda a: (self.comm.Allreduce(self.MPI.IN_PLACE, a), a)[1]
         self.sync_bn = _connect_sync_bn([model.net], lambda rank: allreduce)
