@@ -41,36 +41,50 @@ _non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0,
 _probability = _number(float, lambda v: 0 <= v < 1, 'a probability in [0, 1)')
 _name = _number(str, lambda v: v.strip() != '', 'a non-empty name')
 
+# %% ../nbs/cli.ipynb #16218e25
+def _recipe_options(p): # the parser to add them to
+    "The training recipe's options: the model, its schedule, regularisation, validation"
+    p.add_argument('--model', choices=sorted(MODELS), default='mlp',
+                   help='network to train (default: mlp)')
+    p.add_argument('--epochs', type=_positive_int, default=5,
+                   help='passes over the training set (default: 5)')
+    p.add_argument('--batch-size', type=_positive_int, default=128,
+                   help='examples per step (default: 128)')
+    p.add_argument('--lr', type=_positive_float, help="AdamW's (initial) learning rate "
+        f"(default: 1e-3; resnet: {RESNET_RECIPE['lr']:g})")
+    p.add_argument('--schedule', choices=['cosine', 'constant'], default='cosine',
+        help='anneal the rate to 0 over the run, or keep it (default: cosine)')
+    p.add_argument('--weight-decay', type=_non_negative_float,
+        help="AdamW's decoupled weight decay "
+             f"(default: {WEIGHT_DECAY:g}; resnet: {RESNET_RECIPE['weight_decay']:g})")
+    p.add_argument('--shift', type=int, choices=range(0, 5), metavar='0..4',
+        help="random shift of training images, in pixels "
+             f"(default: 1; resnet: {RESNET_RECIPE['max_shift']})")
+    p.add_argument('--dropout', type=_probability, default=0.0, metavar='P',
+        help='dropout after each hidden dense layer of mlp or lenet, P in [0, 1) '
+             '(default: 0, none)')
+    p.add_argument('--batchnorm', action='store_true', help='batch normalisation before '
+        'each hidden ReLU of mlp or lenet (default: off; resnet always has it)')
+    p.add_argument('--val-size', type=_non_negative_int, default=None, metavar='N',
+        help='last N training images held out for validation, 0 for none '
+             '(default: a twelfth of them)')
+
 # %% ../nbs/cli.ipynb #cli007
 def _parser():
     p = argparse.ArgumentParser(prog='tinynn-mnist', description='Train an MLP, LeNet-5 '
         'or a small ResNet on MNIST with tinynn-book (numpy, or CuPy on a GPU).',
         epilog=f"Data: --data DIR, else ${ENV_VAR}, else {cache_dir()} (downloaded if "
                "missing); --sample needs none.")
-    p.add_argument('--model', choices=sorted(MODELS), default='mlp', help='network to train (default: mlp)')
-    p.add_argument('--epochs', type=_positive_int, default=5, help='passes over the training set (default: 5)')
-    p.add_argument('--batch-size', type=_positive_int, default=128, help='examples per step (default: 128)')
-    p.add_argument('--lr', type=_positive_float, help="AdamW's (initial) learning rate "
-        f"(default: 1e-3; resnet: {RESNET_RECIPE['lr']:g})")
-    p.add_argument('--schedule', choices=['cosine', 'constant'], default='cosine',
-        help='anneal the rate to 0 over the run, or keep it (default: cosine)')
-    p.add_argument('--weight-decay', type=_non_negative_float, help="AdamW's decoupled weight "
-        f"decay (default: {WEIGHT_DECAY:g}; resnet: {RESNET_RECIPE['weight_decay']:g})")
-    p.add_argument('--shift', type=int, choices=range(0, 5), metavar='0..4',
-        help=f"random shift of training images, in pixels (default: 1; resnet: {RESNET_RECIPE['max_shift']})")
-    p.add_argument('--dropout', type=_probability, default=0.0, metavar='P',
-        help='dropout after each hidden dense layer of mlp or lenet, P in [0, 1) (default: 0, none)')
-    p.add_argument('--batchnorm', action='store_true', help='batch normalisation before '
-        'each hidden ReLU of mlp or lenet (default: off; resnet always has it)')
-    p.add_argument('--val-size', type=_non_negative_int, default=None, metavar='N',
-        help='last N training images held out for validation, 0 for none (default: a twelfth of them)')
+    _recipe_options(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument('--data', type=_name, metavar='PATH',
         help='directory with the four MNIST IDX files (raw or .gz)')
     source.add_argument('--sample', action='store_true',
         help='use the small sample shipped with the package (offline)')
-    p.add_argument('--save', type=_name, metavar='CKPT', help='write the trained model here (.npz)')
-    p.add_argument('--plot', type=_name, metavar='PNG', help='write the training curves here')
+    p.add_argument('--save', type=_name, metavar='CKPT',
+                   help='write the trained model here (.npz)')
+    p.add_argument('--plot', type=_name, metavar='PNG',
+                   help='write the training curves here')
     p.add_argument('--device', choices=['cpu', 'gpu'], default='cpu', help="where to "
         "train; gpu needs CuPy and an NVIDIA GPU: pip install -e '.[gpu]' (default: cpu)")
     p.add_argument('--workers', type=_positive_int, default=1, metavar='N',
