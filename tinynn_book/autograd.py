@@ -53,15 +53,22 @@ class Tensor:
     size = property(lambda self: self._data.size)
     def __len__(self): return len(self._data)
     def item(self):
-        "The value of a one-element tensor as a Python number"; return self._data.item()
-    def detach(self): "The same array with no history: a constant for autograd"; return Tensor(self._data)
+        "The value of a one-element tensor as a Python number"
+        return self._data.item()
+    def detach(self):
+        "The same array with no history: a constant for autograd"
+        return Tensor(self._data)
     def zero_grad(self):
-        "Forget the gradient accumulated by earlier backward calls"; self.grad = None
-    def __repr__(self):
-        extra = (f", op={self.op!r}" if self.op
-                 else ", requires_grad=True" if self.requires_grad else "")
-        return (f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, "
-                f"dtype={self.dtype}{extra})")
+        "Forget the gradient accumulated by earlier backward calls"
+        self.grad = None
+
+# %% ../nbs/08_autograd.ipynb #56c4cc5c
+@patch
+def __repr__(self:Tensor):
+    extra = (f", op={self.op!r}" if self.op
+             else ", requires_grad=True" if self.requires_grad else "")
+    return (f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, "
+            f"dtype={self.dtype}{extra})")
 
 # %% ../nbs/08_autograd.ipynb #42233fd7
 def _result(data,     # numpy result
@@ -336,6 +343,16 @@ def _topological_order(self:Tensor):
                      if p.requires_grad and id(p) not in seen)
     return order
 
+# %% ../nbs/08_autograd.ipynb #f327e423
+def _check_unchanged(node): # a recorded result, about to run its backward
+    "A RuntimeError unless what `node`'s backward saved is as its forward pass left it"
+    if node._version or any(p._version != v
+                            for p, v in zip(node._parents, node._versions)):
+        raise RuntimeError(
+            f"backward through {node.op!r}: an array it saved for backward was changed "
+            "in place (through .data) after the forward pass; compute the forward pass "
+            "again after changing it")
+
 # %% ../nbs/08_autograd.ipynb #340d1cfb
 @patch
 def backward(self:Tensor, grad=None,  # dL/dself, self's shape; None (=1) if one element
@@ -364,10 +381,7 @@ def backward(self:Tensor, grad=None,  # dL/dself, self's shape; None (=1) if one
                   and id(g) not in shared): node.grad = g
             else: node.grad = np.array(g, dtype=node.dtype)   # a view, or not ours: copy
             shared.add(id(node.grad)); continue  # shared: arrays a leaf must copy
-        if node._version or any(p._version != v for p, v in zip(node._parents, node._versions)):
-            raise RuntimeError(f"backward through {node.op!r}: an array it saved for "
-                               "backward was changed in place (through .data) after the "
-                               "forward pass; compute the forward pass again after changing it")
+        _check_unchanged(node)
         for parent, pg in zip(node._parents, node._backward(g)):  # eq. (2): paths add
             if pg is None or not parent.requires_grad: continue
             if pg.shape != parent.shape:

@@ -898,24 +898,30 @@ class _CheckpointFile:
         if not info.filename.endswith('.npy'):
             raise ValueError(f"member {info.filename!r} is not an .npy array")
         key = info.filename[:-4]
-        if key in self._members: raise ValueError(f"member {info.filename!r} appears twice")
+        if key in self._members:
+            raise ValueError(f"member {info.filename!r} appears twice")
         with self._zip.open(info) as f: shape, dtype, offset = _npy_header(f)
-        if dtype.hasobject: raise ValueError(f"member {key!r} holds Python objects, which only pickle could read (allow_pickle=False)")
+        if dtype.hasobject:
+            raise ValueError(f"member {key!r} holds Python objects, which only pickle "
+                             "could read (allow_pickle=False)")
         if offset + math.prod(shape) * dtype.itemsize != info.file_size:
             raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, "
                              f"which does not fit its {info.file_size} bytes")
         self.headers[key], self._members[key] = (shape, dtype), info
-    def read(self, key):
-        "The array stored under `key` (its header already checked)"
-        try:
-            with self._zip.open(self._members[key]) as f:
-                array = np.lib.format.read_array(f, allow_pickle=False)
-                if f.read(1): raise ValueError(  # reading it all completes the CRC check
-                    f"member {key!r} holds more than its header promises")
-            return array
-        except Exception as e: raise _not_readable(self.path, e) from e
     def __enter__(self): return self
     def __exit__(self, *exc): self._zip.close()
+
+# %% ../nbs/05_model.ipynb #b09d1f94
+@patch
+def read(self:_CheckpointFile, key):
+    "The array stored under `key` (its header already checked)"
+    try:
+        with self._zip.open(self._members[key]) as f:
+            array = np.lib.format.read_array(f, allow_pickle=False)
+            if f.read(1): raise ValueError(  # reading it all completes the CRC check
+                f"member {key!r} holds more than its header promises")
+        return array
+    except Exception as e: raise _not_readable(self.path, e) from e
 
 # %% ../nbs/05_model.ipynb #657e177f
 def _read_meta(file, path):
