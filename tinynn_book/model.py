@@ -894,34 +894,35 @@ class _CheckpointFile:
         is_param = lambda k: k != META_KEY and not k.startswith(STATE_PREFIX)
         self.param_nbytes = sum(math.prod(s) * d.itemsize
                                 for k, (s, d) in self.headers.items() if is_param(k))
-    def _add(self, info):
-        if not info.filename.endswith('.npy'):
-            raise ValueError(f"member {info.filename!r} is not an .npy array")
-        key = info.filename[:-4]
-        if key in self._members:
-            raise ValueError(f"member {info.filename!r} appears twice")
-        with self._zip.open(info) as f: shape, dtype, offset = _npy_header(f)
-        if dtype.hasobject:
-            raise ValueError(f"member {key!r} holds Python objects, which only pickle "
-                             "could read (allow_pickle=False)")
-        if offset + math.prod(shape) * dtype.itemsize != info.file_size:
-            raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, "
-                             f"which does not fit its {info.file_size} bytes")
-        self.headers[key], self._members[key] = (shape, dtype), info
+    def read(self, key):
+        "The array stored under `key` (its header already checked)"
+        try:
+            with self._zip.open(self._members[key]) as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+                if f.read(1): raise ValueError(  # reading it all completes the CRC check
+                    f"member {key!r} holds more than its header promises")
+            return array
+        except Exception as e: raise _not_readable(self.path, e) from e
     def __enter__(self): return self
     def __exit__(self, *exc): self._zip.close()
 
 # %% ../nbs/05_model.ipynb #b09d1f94
 @patch
-def read(self:_CheckpointFile, key):
-    "The array stored under `key` (its header already checked)"
-    try:
-        with self._zip.open(self._members[key]) as f:
-            array = np.lib.format.read_array(f, allow_pickle=False)
-            if f.read(1): raise ValueError(  # reading it all completes the CRC check
-                f"member {key!r} holds more than its header promises")
-        return array
-    except Exception as e: raise _not_readable(self.path, e) from e
+def _add(self:_CheckpointFile, info): # a member's zipfile.ZipInfo
+    "Check a member's name and .npy header against its size, reading no data; note it"
+    if not info.filename.endswith('.npy'):
+        raise ValueError(f"member {info.filename!r} is not an .npy array")
+    key = info.filename[:-4]
+    if key in self._members:
+        raise ValueError(f"member {info.filename!r} appears twice")
+    with self._zip.open(info) as f: shape, dtype, offset = _npy_header(f)
+    if dtype.hasobject:
+        raise ValueError(f"member {key!r} holds Python objects, which only pickle "
+                         "could read (allow_pickle=False)")
+    if offset + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise ValueError(f"member {key!r}: its header promises {dtype} {shape}, "
+                         f"which does not fit its {info.file_size} bytes")
+    self.headers[key], self._members[key] = (shape, dtype), info
 
 # %% ../nbs/05_model.ipynb #657e177f
 def _read_meta(file, path):
