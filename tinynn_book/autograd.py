@@ -65,6 +65,7 @@ class Tensor:
 # %% ../nbs/08_autograd.ipynb #56c4cc5c
 @patch
 def __repr__(self:Tensor):
+    "Its values, dtype, and the operation that made it (or that it requires a gradient)"
     extra = (f", op={self.op!r}" if self.op
              else ", requires_grad=True" if self.requires_grad else "")
     return (f"Tensor({np.array2string(self._data, precision=4, threshold=20)}, "
